@@ -1,0 +1,201 @@
+"""The exact statevector driver: the reference every other driver is checked against.
+
+Batched Chebyshev propagation on the invariant sector (see :mod:`.propagate`) with a
+prefix cache: the state after every control prefix is kept (LRU), so an RL episode that
+asks for controls[:k+1] after controls[:k] costs one step, not k+1.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+
+
+import numpy as np
+
+from . import _validate as check
+from .backend import Backend, Capabilities
+from .experiment import Experiment, Result
+from .model import Model
+from .pauli import estimate_from_counts, expectation_matrix, outcome_probabilities, sample_counts
+from .propagate import ChebyshevPropagator
+
+#: Population of a truncated auxiliary mode's top level above which a run warns.
+AUX_TOP_WARNING = 1e-8
+
+
+class StatevectorBackend(Backend):
+    """Exact pure-state simulation. ``cache_size`` = number of prefix states kept."""
+
+    name = "statevector"
+
+    def __init__(self, seed: int | None = None, cache_size: int = 16384) -> None:
+        super().__init__(seed)
+        self.cache_size = check.integer("cache_size", cache_size, 0, 10**8)
+        self._props: dict[str, ChebyshevPropagator] = {}
+        self._cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self.steps_propagated = 0  # counts column-steps, for tests and benchmarks
+        self._warned: set[str] = set()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(full_state=True, exact_expectations=True, qubit_density=True, noise=False)
+
+    def propagator(self, model: Model) -> ChebyshevPropagator:
+        if model.key not in self._props:
+            self._props[model.key] = ChebyshevPropagator(model)
+        return self._props[model.key]
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    # -- propagation ---------------------------------------------------------------
+    def _key(self, e: Experiment, k: int) -> tuple:
+        return (e.model.key, e.dt, e.controls[:k].tobytes())
+
+    def _start(self, e: Experiment, measured: np.ndarray) -> int:
+        """Longest cached prefix m such that every measured step below m is cached too."""
+        if self.cache_size == 0:
+            return 0
+        need = [k for k in measured]
+        for m in range(e.n_steps, 0, -1):
+            if self._key(e, m) in self._cache and all(self._key(e, k) in self._cache for k in need if k < m):
+                return m
+        return 0
+
+    def _remember(self, key: tuple, psi: np.ndarray) -> None:
+        if self.cache_size == 0:
+            return
+        self._cache[key] = psi
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def states(self, batch: list[Experiment]) -> list[dict[int, np.ndarray]]:
+        """Sector states at every measured step of each experiment: [{k: ψ_k (d,)}]."""
+        out: list[dict[int, np.ndarray]] = [dict() for _ in batch]
+        groups: dict[tuple, list[int]] = {}
+        for i, e in enumerate(batch):
+            groups.setdefault((e.model.key, e.dt), []).append(i)
+        for idx in groups.values():
+            self._propagate_group([batch[i] for i in idx], [out[i] for i in idx])
+        return out
+
+    def _propagate_group(self, exps: list[Experiment], outs: list[dict[int, np.ndarray]]) -> None:
+        prop = self.propagator(exps[0].model)
+        dt = exps[0].dt
+        measured = [set(e.schedule.measured_steps(e.n_steps).tolist()) for e in exps]
+        starts = [self._start(e, np.array(sorted(m))) for e, m in zip(exps, measured)]
+        psi0 = prop.restrict(exps[0].model.initial_state())
+        cols = []
+        for e, m0, meas, out in zip(exps, starts, measured, outs):
+            for k in meas:
+                if k <= m0:
+                    out[k] = self._cache[self._key(e, k)] if k > 0 else psi0
+            cols.append(self._cache[self._key(e, m0)] if m0 > 0 else psi0)
+        psi = np.stack(cols, axis=1).astype(complex)
+        pos = np.array(starts)
+        ends = np.array([e.n_steps for e in exps])
+        while True:
+            active = np.nonzero(pos < ends)[0]
+            if active.size == 0:
+                break
+            u = np.stack([exps[i].controls[pos[i]] for i in active])
+            if active.size == psi.shape[1]:
+                psi = prop.step(psi, u, dt)
+            else:
+                psi[:, active] = prop.step(psi[:, active], u, dt)
+            self.steps_propagated += active.size
+            pos[active] += 1
+            for i in active:
+                k = int(pos[i])
+                col = psi[:, i].copy()
+                self._remember(self._key(exps[i], k), col)
+                if k in measured[i]:
+                    outs[i][k] = col
+
+    # -- measurement ---------------------------------------------------------------
+    def _run(self, batch: list[Experiment], seeds: np.random.SeedSequence) -> list[Result]:
+        states = self.states(batch)
+        need_rng = any(e.schedule.shots is not None for e in batch)
+        rngs = [np.random.default_rng(s) for s in seeds.spawn(len(batch))] if need_rng else [None] * len(batch)
+        results: list[Result | None] = [None] * len(batch)
+        groups: dict[tuple, list[int]] = {}
+        for i, e in enumerate(batch):
+            groups.setdefault((e.model.key, e.schedule.observables, e.schedule.shots), []).append(i)
+        for idx in groups.values():   # one embedding, one batched ρ and one product per group
+            e0 = batch[idx[0]]
+            model, n = e0.model, e0.model.n_qubits
+            steps = [batch[i].schedule.measured_steps(batch[i].n_steps) for i in idx]
+            cols = [states[i][int(k)] for i, st in zip(idx, steps) for k in st]
+            full = self.propagator(model).embed(np.stack(cols, axis=1))
+            rho = qubit_density(full, n, model.aux_dim)
+            top = _aux_top_population(full, model) if model.aux_truncated else None
+            labels = e0.schedule.labels(n)
+            settings = e0.schedule.settings(n) if labels else ()
+            exact = None
+            if e0.schedule.shots is None:
+                exact = measure_density(rho, labels, settings, None, None, n)
+            offsets = np.cumsum([0] + [len(st) for st in steps])
+            meta = {"model": model.to_dict(), "dt": e0.dt, "shots": e0.schedule.shots}
+            if top is not None:
+                self._check_truncation(model, float(top.max()))
+            for j, i in enumerate(idx):
+                e, sl = batch[i], slice(offsets[j], offsets[j + 1])
+                if exact is not None:
+                    values, stderr, counts = exact[0][sl], exact[1][sl], None
+                else:
+                    values, stderr, counts, _ = measure_density(rho[sl], labels, settings,
+                                                                e.schedule.shots, rngs[i], n)
+                md = {**meta, "dt": e.dt, "n_steps": e.n_steps}
+                if top is not None:
+                    md["aux_top_population"] = float(top[sl].max())
+                results[i] = Result(steps=steps[j], times=steps[j] * e.dt, labels=labels, values=values,
+                                    stderr=stderr, qubit_density=rho[sl],
+                                    state=full[sl] if e.schedule.full_state else None,
+                                    counts=counts, settings=settings, metadata=md)
+        return results  # type: ignore[return-value]
+
+    def _check_truncation(self, model: Model, top: float) -> None:
+        if top > AUX_TOP_WARNING and model.key not in self._warned:
+            self._warned.add(model.key)
+            warnings.warn(f"truncation of the {model.kind} model's auxiliary mode is not converged: "
+                          f"its top level holds {top:.2e} (> {AUX_TOP_WARNING:g}); raise the cutoff",
+                          RuntimeWarning, stacklevel=5)
+
+
+def _aux_top_population(full: np.ndarray, model: Model) -> np.ndarray:
+    psi = full.reshape(full.shape[0], 2 ** model.n_qubits, model.aux_dim)
+    return np.sum(np.abs(psi[:, :, -1]) ** 2, axis=1)
+
+
+def qubit_density(states: np.ndarray, n_qubits: int, aux_dim: int) -> np.ndarray:
+    """Reduced density matrices of the qubits, (M, 2^n, 2^n), from full states (M, dim)."""
+    psi = states.reshape(states.shape[0], 2 ** n_qubits, aux_dim)
+    return psi @ psi.conj().transpose(0, 2, 1)
+
+
+_EXP_MATS: dict[tuple, np.ndarray] = {}
+
+
+def measure_density(rho: np.ndarray, labels: tuple[str, ...], settings: tuple[str, ...],
+                    shots: int | None, rng: np.random.Generator, n_qubits: int,
+                    assignment: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[str, ...]]:
+    """Measure Pauli labels on qubit states ρ (M, 2^n, 2^n): exact values when shots is
+    None, else multinomial shots per setting. Returns (values, stderr, counts, settings)."""
+    m = rho.shape[0]
+    if not labels:
+        return np.zeros((m, 0)), np.zeros((m, 0)), None, ()
+    if shots is None:
+        key = (labels, n_qubits)
+        if key not in _EXP_MATS:
+            _EXP_MATS[key] = expectation_matrix(labels, n_qubits)
+        values = np.real(rho.reshape(m, -1) @ _EXP_MATS[key].T)
+        return values, np.zeros_like(values), None, settings
+    counts = np.stack([sample_counts(outcome_probabilities(r, settings, assignment), shots, rng) for r in rho])
+    est = [estimate_from_counts(c, labels, settings, n_qubits) for c in counts]
+    values = np.stack([v for v, _ in est])
+    stderr = np.stack([s for _, s in est])
+    return values, stderr, counts, settings
+
+

@@ -1,0 +1,130 @@
+"""``qhil simulate``: run one protocol on a backend and print per-step figures.
+
+    qhil simulate --model dicke --omegas 0.8745,1.4507,1.2320,1.0987 --dt 0.2 \\
+                  --controls 0.3,0.3,... --backend statevector --regime second_order --json
+
+Its options and JSON keys (model, backend, dt, n_steps, controls, steps, times, energies,
+energy, ergotropy | fidelity, observables{regime, labels, values, stderr}, cost, metadata)
+are a stable interface.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import numpy as np
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _controls(text: str) -> list:
+    """'0.3,0.3,…' (one channel, a value per step), 'v*K' (K repeats), or
+    '5,0,0;0,5,0' (several channels: steps separated by ';', channels by ',')."""
+    text = text.replace(" ", "")
+    try:
+        if ";" not in text:
+            out: list = []
+            for part in text.split(","):
+                if "*" in part:
+                    v, k = part.split("*")
+                    out.extend([float(v)] * int(k))
+                elif part:
+                    out.append(float(part))
+            return out
+        return [_floats(row) for row in text.split(";") if row]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cannot parse controls {text!r}") from None
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    raise TypeError(type(o).__name__)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("simulate", help="run one protocol on a backend and print the result")
+    s.add_argument("--model", choices=["dicke", "xy_chain"], default="dicke")
+    s.add_argument("--omegas", type=_floats, help="Dicke: TLS frequencies ω_j (default Env1)")
+    s.add_argument("--omega-c", type=float, default=1.0, help="Dicke: cavity frequency ω_c")
+    s.add_argument("--n-max", type=int, default=None, help="Dicke: photon cutoff (default: converged)")
+    s.add_argument("--coupling-bound", type=float, default=0.3, help="Dicke: |λ| bound")
+    s.add_argument("--n-spins", type=int, default=3, help="XY chain: N")
+    s.add_argument("--coupling", type=float, default=1.0, help="XY chain: J")
+    s.add_argument("--field-bound", type=float, default=5.0, help="XY chain: |B_n| bound")
+    s.add_argument("--dt", type=float, required=True, help="step length Δt (units of 1/ω_0)")
+    s.add_argument("--controls", type=_controls, required=True,
+                   help="'0.3,0.3,…' one value per step; '0.3*28' repeats; rows ';' for several channels; write --controls=-0.3,… when the first value is negative")
+    s.add_argument("--backend", default="statevector", help="statevector | aer | zmq://host:port")
+    s.add_argument("--regime", default="energies",
+                   help="full_state | energies | first_order | second_order | comma-separated Pauli labels")
+    s.add_argument("--every", type=int, default=1, help="measure every m-th step")
+    s.add_argument("--shots", type=int, default=None, help="shots per setting (default: exact)")
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.set_defaults(func=cmd_simulate)
+
+
+def _model(args: argparse.Namespace):
+    from qhil.envs import ENV1, DickeBattery, XYChain
+    if args.model == "dicke":
+        return DickeBattery(omegas=tuple(args.omegas or ENV1), omega_c=args.omega_c, n_max=args.n_max,
+                            coupling_bound=args.coupling_bound)
+    return XYChain(n_spins=args.n_spins, coupling=args.coupling, field_bound=args.field_bound)
+
+
+def simulate(args: argparse.Namespace) -> dict[str, Any]:
+    """Run ``qhil simulate``; return the JSON document."""
+    from qhil.drivers import Experiment, MeasurementSchedule, create_backend
+    from qhil.drivers.schedule import REGIMES
+    model = _model(args)
+    regime = args.regime if args.regime in REGIMES else tuple(x for x in args.regime.split(",") if x)
+    schedule = MeasurementSchedule(regime, every=args.every, shots=args.shots)
+    if model.kind == "dicke" and not schedule.full_state:   # energies E_j are always reported
+        labels = schedule.labels(model.n_qubits)
+        missing = tuple(z for z in (f"Z{j}" for j in range(model.n_qubits)) if z not in labels)
+        if missing:
+            schedule = MeasurementSchedule(labels + missing, every=args.every, shots=args.shots)
+    experiment = Experiment(model, args.controls, args.dt, schedule)
+    with create_backend(args.backend, seed=args.seed) as backend:
+        result = backend.run(experiment)[0]
+    figures = model.figures_of_merit(result)
+    doc = {"model": model.to_dict(), "backend": args.backend, "dt": experiment.dt,
+           "n_steps": experiment.n_steps, "controls": experiment.controls.tolist(),
+           "steps": result.steps, "times": result.times, **figures,
+           "observables": {"regime": args.regime, "labels": list(result.labels),
+                           "values": result.values, "stderr": result.stderr},
+           "cost": result.metadata.get("cost"),
+           "metadata": {k: v for k, v in result.metadata.items() if k not in ("cost", "model")}}
+    if result.state is not None:
+        doc["state"] = np.stack([result.state.real, result.state.imag], -1)
+    return doc
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    doc = simulate(args)
+    if args.json:
+        try:
+            sys.stdout.write(json.dumps(doc, default=_json_default) + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:     # e.g. piped into `head`
+            sys.stderr.close()
+        return 0
+    keys = [k for k in ("energy", "ergotropy", "fidelity") if doc.get(k) is not None]
+    print(f"{doc['model']['kind']} on {doc['backend']}: {doc['n_steps']} steps of dt={doc['dt']:g}")
+    print("  k      t  " + "  ".join(f"{k:>10s}" for k in keys))
+    for i, (k, t) in enumerate(zip(doc["steps"], doc["times"])):
+        print(f"{int(k):3d} {t:6.2f}  " + "  ".join(f"{float(doc[key][i]):10.6f}" for key in keys))
+    print(f"cost: {doc['cost']}")
+    return 0
+
+
