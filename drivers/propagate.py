@@ -25,14 +25,21 @@ _DENSE_BOUNDS_DIM = 3000
 _BLOCK = 64           # columns per cache block in the compiled kernel
 
 
-def invariant_sector(model: Model) -> np.ndarray:
-    """Sorted basis indices of the smallest union of H-invariant blocks holding ψ(0)."""
+def invariant_blocks(model: Model) -> list[np.ndarray]:
+    """All H-invariant blocks: connected components of the sparsity graph of
+    |H_0| + Σ_k |H_k|, each as sorted basis indices (for any control values)."""
     pattern = abs(model.drift())
     for h in model.control_operators():
         pattern = pattern + abs(h)
-    _, labels = connected_components(sp.csr_matrix(pattern), directed=False)
+    n, labels = connected_components(sp.csr_matrix(pattern), directed=False)
+    return [np.nonzero(labels == c)[0] for c in range(n)]
+
+
+def invariant_sector(model: Model) -> np.ndarray:
+    """Sorted basis indices of the smallest union of H-invariant blocks holding ψ(0)."""
     support = np.nonzero(np.abs(model.initial_state()) > 0)[0]
-    return np.nonzero(np.isin(labels, np.unique(labels[support])))[0]
+    blocks = [b for b in invariant_blocks(model) if np.isin(b, support).any()]
+    return np.sort(np.concatenate(blocks))
 
 
 def _spectral_bounds(ops: list[sp.csr_matrix], boxes: list[tuple[float, float]]) -> tuple[float, float]:
@@ -82,12 +89,14 @@ class ChebyshevPropagator:
 
     States are (d, B) arrays over the sector basis (complex), one column per experiment,
     and ``u`` is (B, n_controls): each column can have its own control values.
+    ``sector``: basis indices of an invariant subspace (default: the one holding ψ(0));
+    pass ``np.arange(model.dim)`` for the full space.
     """
 
-    def __init__(self, model: Model, tol: float = 1e-14) -> None:
+    def __init__(self, model: Model, tol: float = 1e-14, sector: np.ndarray | None = None) -> None:
         self.model = model
         self.tol = tol
-        self.sector = invariant_sector(model)
+        self.sector = invariant_sector(model) if sector is None else np.asarray(sector, dtype=int)
         idx = self.sector
         ops = [model.drift()] + list(model.control_operators())
         ops = [sp.csr_matrix(h)[idx][:, idx] for h in ops]

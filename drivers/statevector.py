@@ -16,7 +16,7 @@ from . import _validate as check
 from .backend import Backend, Capabilities
 from .experiment import Experiment, Result
 from .model import Model
-from .pauli import estimate_from_counts, expectation_matrix, outcome_probabilities, sample_counts
+from .measure import measure_density, qubit_density
 from .propagate import ChebyshevPropagator
 
 #: Population of a truncated auxiliary mode's top level above which a run warns.
@@ -166,36 +166,3 @@ class StatevectorBackend(Backend):
 def _aux_top_population(full: np.ndarray, model: Model) -> np.ndarray:
     psi = full.reshape(full.shape[0], 2 ** model.n_qubits, model.aux_dim)
     return np.sum(np.abs(psi[:, :, -1]) ** 2, axis=1)
-
-
-def qubit_density(states: np.ndarray, n_qubits: int, aux_dim: int) -> np.ndarray:
-    """Reduced density matrices of the qubits, (M, 2^n, 2^n), from full states (M, dim)."""
-    psi = states.reshape(states.shape[0], 2 ** n_qubits, aux_dim)
-    return psi @ psi.conj().transpose(0, 2, 1)
-
-
-_EXP_MATS: dict[tuple, np.ndarray] = {}
-
-
-def measure_density(rho: np.ndarray, labels: tuple[str, ...], settings: tuple[str, ...],
-                    shots: int | None, rng: np.random.Generator, n_qubits: int,
-                    assignment: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[str, ...]]:
-    """Measure Pauli labels on qubit states ρ (M, 2^n, 2^n): exact values when shots is
-    None, else multinomial shots per setting. Returns (values, stderr, counts, settings)."""
-    m = rho.shape[0]
-    if not labels:
-        return np.zeros((m, 0)), np.zeros((m, 0)), None, ()
-    if shots is None:
-        key = (labels, n_qubits)
-        if key not in _EXP_MATS:
-            _EXP_MATS[key] = expectation_matrix(labels, n_qubits)
-        values = np.real(rho.reshape(m, -1) @ _EXP_MATS[key].T)
-        return values, np.zeros_like(values), None, settings
-    counts = np.stack([sample_counts(outcome_probabilities(r, settings, assignment), shots, rng) for r in rho])
-    est = [estimate_from_counts(c, labels, settings, n_qubits) for c in counts]
-    values = np.stack([v for v, _ in est])
-    stderr = np.stack([s for _, s in est])
-    return values, stderr, counts, settings
-
-
