@@ -15,8 +15,13 @@ $(DEPS): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt '.[test]'
 	touch $@
 
+# numba's on-disk cache files are not pip's, so an uninstall leaves site-packages/qhil/
+# behind; that empty shell would shadow the other install mode. Remove it first.
+STALE = rm -rf $(VENV)/lib/python*/site-packages/qhil
+
 # Install the package as a built wheel (not editable), so tests import what users get.
 $(VENV)/.pkg-installed: $(DEPS) $(SOURCES)
+	$(STALE)
 	$(BIN)/pip install -q --no-deps --force-reinstall .
 	touch $@
 
@@ -38,6 +43,8 @@ bench: install
 
 # Editable install for development (pip install -e . with the layer folders mapped to qhil.*).
 dev: $(DEPS)
+	$(BIN)/pip uninstall -q -y qhil
+	$(STALE)
 	$(BIN)/pip install -q --no-deps -e .
 	rm -f $(VENV)/.pkg-installed
 
