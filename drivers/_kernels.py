@@ -1,9 +1,11 @@
 """Compiled inner loop of the Chebyshev propagator (numba).
 
-One pass per Chebyshev term over a cache-sized block of columns, fusing the sparse
-product, the three-term recurrence and the accumulation that numpy would do in ~9 passes.
-Column blocks are independent, so they are spread over numba's threads (``prange``);
-qhil sets that thread count deliberately (see :func:`qhil.drivers.set_threads`).
+For a block of columns it evaluates exp(−i H(u) dt) ψ = phase · Σ_k b_k T_k(H̃) ψ in one
+pass per Chebyshev term, fusing the sparse product, the three-term recurrence and the
+accumulation that numpy would do in ~9 passes over memory. The operators are real, so
+each complex column is carried as two real ones. Column blocks are independent and are
+spread over numba's threads (``prange``) when there are several; qhil sets the thread
+count deliberately (see :mod:`qhil.drivers.threads`).
 """
 from __future__ import annotations
 
@@ -11,72 +13,97 @@ import numpy as np
 from numba import njit, prange
 
 
-def chebyshev_series(indptr, indices, data, opidx, weights, x, coef, even, odd, block):
-    """even = Σ_{k even} coef[k] T_k(H̃) x,  odd = Σ_{k odd} coef[k] T_k(H̃) x.
+def propagate_real(indptr, indices, data, opidx, u, psi, coef, phase, n_sub, block):
+    """ψ ← (phase · Σ_k coef_k T_k(H̃))^n_sub ψ for every column, in place.
 
-    H̃ = Σ_m weights[m, c] · Op_m acts on column c; the operators are merged into one CSR
+    H̃ = Op_0 + Σ_m u[c, m−1] Op_m on column c; the real operators are merged into one CSR
     matrix (indptr, indices, data) whose nonzero p belongs to operator opidx[p].
-    x, even, odd: (d, C) float64; weights: (n_ops, C); coef: (n_terms,).
-    One block runs serially (threads cost more than they give there); more go to prange.
+    psi: (d, B) complex128; u: (B, n_ops−1); coef: b_k for even k, Im(b_k) for odd k
+    (b_k = (2 − δ_k0) (−i)^k J_k); phase: complex e^{−i c dt/n_sub}.
     """
-    d, ncol = x.shape
-    if ncol <= block:
-        _series_block(indptr, indices, data, opidx, weights, x, coef, even, odd, d, ncol, weights.shape[0])
-        return even, odd
-    return _series_parallel(indptr, indices, data, opidx, weights, x, coef, even, odd, block)
+    n_env = psi.shape[1]
+    if n_env <= block:      # one block: threads cost more than they give
+        _propagate_block(indptr, indices, data, opidx, u, psi, coef, phase, n_sub, 0, n_env)
+    else:
+        _propagate_parallel(indptr, indices, data, opidx, u, psi, coef, phase, n_sub, block)
+    return psi
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _series_parallel(indptr, indices, data, opidx, weights, x, coef, even, odd, block):
-    d, ncol = x.shape
-    n_ops = weights.shape[0]
-    n_blocks = (ncol + block - 1) // block
-    for blk in prange(n_blocks):
-        c0 = blk * block
-        nc = min(ncol, c0 + block) - c0
-        _series_block(indptr, indices, data, opidx, weights[:, c0:c0 + nc], x[:, c0:c0 + nc], coef,
-                      even[:, c0:c0 + nc], odd[:, c0:c0 + nc], d, nc, n_ops)
-    return even, odd
+def _propagate_parallel(indptr, indices, data, opidx, u, psi, coef, phase, n_sub, block):
+    n_env = psi.shape[1]
+    n_blocks = (n_env + block - 1) // block
+    for b in prange(n_blocks):
+        e0 = b * block
+        _propagate_block(indptr, indices, data, opidx, u, psi, coef, phase, n_sub, e0, min(n_env, e0 + block))
 
 
 @njit(cache=True, nogil=True)
-def _series_block(indptr, indices, data, opidx, w, x, coef, even, odd, d, nc, n_ops):
+def _propagate_block(indptr, indices, data, opidx, u, psi, coef, phase, n_sub, e0, e1):
+    d = psi.shape[0]
+    nb = e1 - e0
+    nc = 2 * nb                      # columns [0, nb): Re ψ, [nb, 2nb): Im ψ
+    n_ops = u.shape[1] + 1
     n_terms = coef.shape[0]
+    w = np.empty((n_ops, nc))
+    for c in range(nc):
+        w[0, c] = 1.0
+        for m in range(1, n_ops):
+            w[m, c] = u[e0 + c % nb, m - 1]
+    x = np.empty((d, nc))
+    for i in range(d):
+        for c in range(nb):
+            x[i, c] = psi[i, e0 + c].real
+            x[i, nb + c] = psi[i, e0 + c].imag
     prev = np.empty((d, nc))
     cur = np.empty((d, nc))
     nxt = np.empty((d, nc))
+    even = np.empty((d, nc))
+    odd = np.empty((d, nc))
     acc = np.empty((n_ops, nc))
-    for i in range(d):
-        for c in range(nc):
-            prev[i, c] = x[i, c]
-            even[i, c] = coef[0] * x[i, c]
-            odd[i, c] = 0.0
-    for k in range(1, n_terms):
-        src = prev if k == 1 else cur
-        ck = coef[k]
+    pr, pi = phase.real, phase.imag
+    for _ in range(n_sub):
         for i in range(d):
-            acc[:, :] = 0.0
-            for p in range(indptr[i], indptr[i + 1]):
-                j = indices[p]
-                m = opidx[p]
-                v = data[p]
-                for c in range(nc):
-                    acc[m, c] += v * src[j, c]
             for c in range(nc):
-                h = 0.0
-                for m in range(n_ops):
-                    h += w[m, c] * acc[m, c]
-                nxt[i, c] = h if k == 1 else 2.0 * h - prev[i, c]
-            if k % 2 == 0:
+                prev[i, c] = x[i, c]
+                even[i, c] = coef[0] * x[i, c]
+                odd[i, c] = 0.0
+        for k in range(1, n_terms):
+            src = prev if k == 1 else cur
+            ck = coef[k]
+            for i in range(d):
+                acc[:, :] = 0.0
+                for p in range(indptr[i], indptr[i + 1]):
+                    j = indices[p]
+                    m = opidx[p]
+                    v = data[p]
+                    for c in range(nc):
+                        acc[m, c] += v * src[j, c]
                 for c in range(nc):
-                    even[i, c] += ck * nxt[i, c]
+                    h = 0.0
+                    for m in range(n_ops):
+                        h += w[m, c] * acc[m, c]
+                    nxt[i, c] = h if k == 1 else 2.0 * h - prev[i, c]
+                if k % 2 == 0:
+                    for c in range(nc):
+                        even[i, c] += ck * nxt[i, c]
+                else:
+                    for c in range(nc):
+                        odd[i, c] += ck * nxt[i, c]
+            if k == 1:
+                cur, nxt = nxt, cur
             else:
-                for c in range(nc):
-                    odd[i, c] += ck * nxt[i, c]
-        if k == 1:
-            cur, nxt = nxt, cur
-        else:
-            prev, cur, nxt = cur, nxt, prev
+                prev, cur, nxt = cur, nxt, prev
+        # Σ b_k T_k ψ = even + i·odd, then the phase: split Re = even_R − odd_I, Im = even_I + odd_R
+        for i in range(d):
+            for c in range(nb):
+                re = even[i, c] - odd[i, nb + c]
+                im = even[i, nb + c] + odd[i, c]
+                x[i, c] = pr * re - pi * im
+                x[i, nb + c] = pi * re + pr * im
+    for i in range(d):
+        for c in range(nb):
+            psi[i, e0 + c] = complex(x[i, c], x[i, nb + c])
 
 
 def merge_operators(ops: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
