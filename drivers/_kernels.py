@@ -29,7 +29,7 @@ def propagate_real(indptr, indices, data, opidx, u, psi, coef, phase, n_sub, blo
     return psi
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def _propagate_parallel(indptr, indices, data, opidx, u, psi, coef, phase, n_sub, block):
     n_env = psi.shape[1]
     n_blocks = (n_env + block - 1) // block
@@ -38,7 +38,7 @@ def _propagate_parallel(indptr, indices, data, opidx, u, psi, coef, phase, n_sub
         _propagate_block(indptr, indices, data, opidx, u, psi, coef, phase, n_sub, e0, min(n_env, e0 + block))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=True)
 def _propagate_block(indptr, indices, data, opidx, u, psi, coef, phase, n_sub, e0, e1):
     d = psi.shape[0]
     nb = e1 - e0
@@ -123,3 +123,15 @@ def merge_operators(ops: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     indptr = np.zeros(d + 1, dtype=np.int64)
     np.add.at(indptr, r + 1, 1)
     return np.cumsum(indptr), c.astype(np.int64), v, w
+
+
+@njit(cache=True, nogil=True)
+def reduced_density(psi_rows, pa, pb, sa, sb, nq_dim):
+    """ρ[b] = Tr_aux |ψ_b⟩⟨ψ_b| from sector states psi_rows (B, d): ρ[b, sa, sb] = Σ_p ψ[pa] ψ*[pb]
+    over the precomputed pairs p of sector positions that share an aux index."""
+    n = psi_rows.shape[0]
+    rho = np.zeros((n, nq_dim, nq_dim), dtype=np.complex128)
+    for b in range(n):
+        for p in range(pa.shape[0]):
+            rho[b, sa[p], sb[p]] += psi_rows[b, pa[p]] * np.conj(psi_rows[b, pb[p]])
+    return rho

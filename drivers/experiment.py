@@ -107,14 +107,11 @@ class Result:
     settings: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
 
-    def value(self, label: str, n_qubits: int | None = None) -> np.ndarray:
-        """(M,) values of one observable, by label."""
-        from .pauli import canonical_label
-        n = n_qubits if n_qubits is not None else max(int(q) for lab in self.labels for q in lab[1::2]) + 1
-        lab = canonical_label(label, n)
-        if lab not in self.labels:
+    def value(self, label: str) -> np.ndarray:
+        """(M,) values of one observable, by sparse label (e.g. ``"X0X1"``)."""
+        if label not in self.labels:
             raise ValidationError("label", f"{label!r} was not measured", ", ".join(self.labels))
-        return self.values[:, self.labels.index(lab)]
+        return self.values[:, self.labels.index(label)]
 
     @property
     def final(self) -> np.ndarray:

@@ -11,13 +11,14 @@ fixed-magnetisation sector). When every operator is real, states are kept as rea
 from __future__ import annotations
 
 import itertools
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from scipy.special import jv
 
-from ._kernels import merge_operators, propagate_real
+from ._kernels import merge_operators, propagate_real, reduced_density
 from .model import Model
 
 _MAX_ARG = 20.0        # a·dt per Chebyshev sub-step; larger steps are split
@@ -114,6 +115,28 @@ class ChebyshevPropagator:
     @property
     def dim(self) -> int:
         return len(self.sector)
+
+    @cached_property
+    def _pairs(self) -> tuple[np.ndarray, ...]:
+        """Pairs of sector positions sharing an aux index, with their qubit indices."""
+        aux = self.model.aux_dim
+        q, a = self.sector // aux, self.sector % aux
+        pa, pb = [], []
+        for m in np.unique(a):
+            pos = np.nonzero(a == m)[0]
+            pa.append(np.repeat(pos, len(pos)))
+            pb.append(np.tile(pos, len(pos)))
+        pa, pb = np.concatenate(pa), np.concatenate(pb)
+        return pa, pb, q[pa], q[pb]
+
+    def qubit_density(self, psi: np.ndarray) -> np.ndarray:
+        """Reduced states of the qubits, (B, 2^n, 2^n), from sector states psi (d, B)."""
+        return reduced_density(np.ascontiguousarray(psi.T), *self._pairs, 2 ** self.model.n_qubits)
+
+    def aux_top_population(self, psi: np.ndarray) -> np.ndarray:
+        """(B,) population of the aux subsystem's top level, from sector states psi (d, B)."""
+        top = self.sector % self.model.aux_dim == self.model.aux_dim - 1
+        return np.sum(np.abs(psi[top]) ** 2, axis=0)
 
     def restrict(self, psi_full: np.ndarray) -> np.ndarray:
         return psi_full[self.sector]

@@ -16,7 +16,7 @@ from . import _validate as check
 from .backend import Backend, Capabilities
 from .experiment import Experiment, Result
 from .model import Model
-from .measure import measure_density, qubit_density
+from .measure import measure_density
 from .propagate import ChebyshevPropagator
 
 #: Population of a truncated auxiliary mode's top level above which a run warns.
@@ -126,10 +126,11 @@ class StatevectorBackend(Backend):
             e0 = batch[idx[0]]
             model, n = e0.model, e0.model.n_qubits
             steps = [batch[i].schedule.measured_steps(batch[i].n_steps) for i in idx]
-            cols = [states[i][int(k)] for i, st in zip(idx, steps) for k in st]
-            full = self.propagator(model).embed(np.stack(cols, axis=1))
-            rho = qubit_density(full, n, model.aux_dim)
-            top = _aux_top_population(full, model) if model.aux_truncated else None
+            cols = np.stack([states[i][int(k)] for i, st in zip(idx, steps) for k in st], axis=1)
+            prop = self.propagator(model)
+            rho = prop.qubit_density(cols)
+            full = prop.embed(cols) if e0.schedule.full_state else None
+            top = prop.aux_top_population(cols) if model.aux_truncated else None
             labels = e0.schedule.labels(n)
             settings = e0.schedule.settings(n) if labels else ()
             exact = None
@@ -151,7 +152,7 @@ class StatevectorBackend(Backend):
                     md["aux_top_population"] = float(top[sl].max())
                 results[i] = Result(steps=steps[j], times=steps[j] * e.dt, labels=labels, values=values,
                                     stderr=stderr, qubit_density=rho[sl],
-                                    state=full[sl] if e.schedule.full_state else None,
+                                    state=None if full is None else full[sl],
                                     counts=counts, settings=settings, metadata=md)
         return results  # type: ignore[return-value]
 
@@ -161,8 +162,3 @@ class StatevectorBackend(Backend):
             warnings.warn(f"truncation of the {model.kind} model's auxiliary mode is not converged: "
                           f"its top level holds {top:.2e} (> {AUX_TOP_WARNING:g}); raise the cutoff",
                           RuntimeWarning, stacklevel=5)
-
-
-def _aux_top_population(full: np.ndarray, model: Model) -> np.ndarray:
-    psi = full.reshape(full.shape[0], 2 ** model.n_qubits, model.aux_dim)
-    return np.sum(np.abs(psi[:, :, -1]) ** 2, axis=1)

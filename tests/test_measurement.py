@@ -120,3 +120,10 @@ def test_result_metadata_shape(backend, small_dicke):
     assert r.values.shape == r.stderr.shape == (3, 3)
     assert r.qubit_density.shape == (3, 8, 8)
     assert list(itertools.chain(r.steps)) == [0, 1, 2]
+
+
+def test_result_value_by_label(backend, small_dicke):
+    r = backend.run(Experiment(small_dicke, [0.1, 0.2], 0.3, MeasurementSchedule("second_order")))[0]
+    assert np.array_equal(r.value("X0X1"), r.values[:, r.labels.index("X0X1")])
+    with pytest.raises(Exception, match="label"):
+        r.value("Z9")
