@@ -10,6 +10,7 @@ same shapes and metadata keys; code above the drivers never asks which one it ha
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import platform
 import time
@@ -69,6 +70,11 @@ class Backend(ABC):
 
     @abstractmethod
     def _run(self, batch: list[Experiment], seeds: np.random.SeedSequence) -> list[Result]: ...
+
+    def describe(self) -> dict[str, Any]:
+        """What this backend is and can do (hardware drivers add channels, limits, calibration)."""
+        return {"driver": self.name, "capabilities": dataclasses.asdict(self.capabilities),
+                "versions": versions()}
 
     def close(self) -> None:
         """Release resources (sockets, threads)."""
