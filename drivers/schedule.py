@@ -14,6 +14,9 @@ from .pauli import all_two_local, group_settings, iter_labels
 
 #: The four observation regimes of seed 000, Sec. IV B.
 REGIMES = ("full_state", "energies", "first_order", "second_order")
+#: Every Pauli on the measurable qubits, read from the 3^n product settings (state estimation).
+TOMOGRAPHY = "tomography"
+OBSERVATION_SETS = REGIMES + (TOMOGRAPHY,)
 MAX_SHOTS = 10_000_000
 
 
@@ -21,9 +24,12 @@ def regime_observables(regime: str, n_qubits: int) -> tuple[str, ...]:
     """Pauli labels of a regime: ``energies`` = Z_j; ``first_order`` adds X_j, Y_j;
     ``second_order`` adds α_i β_j for i < j and α, β ∈ {X, Y, Z}; ``full_state`` = none
     (the state vector itself is returned, simulators only)."""
-    if regime not in REGIMES:
+    if regime not in OBSERVATION_SETS:
         raise ValidationError("observables", f"unknown regime {regime!r}",
-                              f"one of {', '.join(REGIMES)} or a list of Pauli labels")
+                              f"one of {', '.join(OBSERVATION_SETS)} or a list of Pauli labels")
+    if regime == TOMOGRAPHY:
+        from .tomography import tomography_labels
+        return tomography_labels(n_qubits)
     z = [f"Z{j}" for j in range(n_qubits)]
     if regime == "full_state":
         return ()
@@ -40,7 +46,8 @@ def regime_observables(regime: str, n_qubits: int) -> tuple[str, ...]:
 class MeasurementSchedule:
     """What is measured, when, and how precisely.
 
-    observables: a regime name (see :data:`REGIMES`) or a list of Pauli labels.
+    observables: a regime name (see :data:`REGIMES`), ``"tomography"`` (every Pauli, for state
+                 estimation with :mod:`qhil.drivers.tomography`) or a list of Pauli labels.
     every:       measure after every m-th step (k = 0, m, 2m, …); the final step is always
                  measured. Ignored when ``final_only``.
     final_only:  measure only after the last step.
@@ -55,9 +62,9 @@ class MeasurementSchedule:
     def __post_init__(self) -> None:
         obs = self.observables
         if isinstance(obs, str):
-            if obs not in REGIMES:
+            if obs not in OBSERVATION_SETS:
                 raise ValidationError("observables", f"unknown regime {obs!r}",
-                                      f"one of {', '.join(REGIMES)} or a list of Pauli labels")
+                                      f"one of {', '.join(OBSERVATION_SETS)} or a list of Pauli labels")
         else:
             try:
                 obs = tuple(obs)
@@ -85,6 +92,9 @@ class MeasurementSchedule:
 
     def settings(self, n_qubits: int) -> tuple[str, ...]:
         """Local basis settings that cover :meth:`labels`."""
+        if self.observables == TOMOGRAPHY:
+            from .tomography import tomography_settings
+            return tomography_settings(n_qubits)
         return group_settings(self.labels(n_qubits), n_qubits)
 
     def measured_steps(self, n_steps: int) -> np.ndarray:

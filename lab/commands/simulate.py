@@ -66,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="'0.3,0.3,…' one value per step; '0.3*28' repeats; rows ';' for several channels; write --controls=-0.3,… when the first value is negative")
     s.add_argument("--backend", default="statevector", help="statevector | aer | zmq://host:port")
     s.add_argument("--regime", default="energies",
-                   help="full_state | energies | first_order | second_order | comma-separated Pauli labels")
+                   help="full_state | energies | first_order | second_order | tomography | comma-separated Pauli labels")
     s.add_argument("--every", type=int, default=1, help="measure every m-th step")
     s.add_argument("--shots", type=int, default=None, help="shots per setting (default: exact)")
     s.add_argument("--seed", type=int, default=None)
@@ -85,9 +85,9 @@ def _model(args: argparse.Namespace):
 def simulate(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``qhil simulate``; return the JSON document."""
     from qhil.drivers import Experiment, MeasurementSchedule, create_backend
-    from qhil.drivers.schedule import REGIMES
+    from qhil.drivers.schedule import OBSERVATION_SETS
     model = _model(args)
-    regime = args.regime if args.regime in REGIMES else tuple(x for x in args.regime.split(",") if x)
+    regime = args.regime if args.regime in OBSERVATION_SETS else tuple(x for x in args.regime.split(",") if x)
     schedule = MeasurementSchedule(regime, every=args.every, shots=args.shots)
     if model.kind == "dicke" and not schedule.full_state:   # energies E_j are always reported
         labels = schedule.labels(model.n_qubits)
