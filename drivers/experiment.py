@@ -70,6 +70,21 @@ class Experiment:
     def n_steps(self) -> int:
         return int(self.controls.shape[0])
 
+    def extend(self, controls: Any) -> "Experiment":
+        """The same experiment with more control steps appended (only the new rows are
+        validated): how an RL environment grows its episode one action at a time."""
+        new = as_controls(self.model, controls)
+        if self.n_steps + new.shape[0] > MAX_STEPS:
+            raise ValidationError("controls", f"would have {self.n_steps + new.shape[0]} steps",
+                                  f"0..{MAX_STEPS} steps")
+        grown = np.concatenate([self.controls, new])
+        grown.setflags(write=False)
+        e = object.__new__(Experiment)
+        for name, value in (("model", self.model), ("controls", grown), ("dt", self.dt),
+                            ("schedule", self.schedule)):
+            object.__setattr__(e, name, value)
+        return e
+
     def cost(self) -> MeasurementCost:
         """Measurement cost on hardware (settings, shots, prefix replays)."""
         return self.schedule.cost(self.model.n_qubits, self.n_steps)

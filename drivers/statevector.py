@@ -106,9 +106,10 @@ class StatevectorBackend(Backend):
                 psi[:, active] = prop.step(psi[:, active], u, dt)
             self.steps_propagated += active.size
             pos[active] += 1
+            snapshot = np.ascontiguousarray(psi.T)    # rows are never written again: safe to share
             for i in active:
                 k = int(pos[i])
-                col = psi[:, i].copy()
+                col = snapshot[i]
                 self._remember(self._key(exps[i], k), col)
                 if k in measured[i]:
                     outs[i][k] = col

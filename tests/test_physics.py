@@ -176,3 +176,14 @@ def test_models_serialise_round_trip():
         assert again == m and again.key == m.key
     assert {"dicke", "xy_chain"} <= set(model_kinds())
     assert dataclasses.replace(DickeBattery(n_max=6), n_max=7).key != DickeBattery(n_max=6).key
+
+
+def test_extend_equals_a_fresh_experiment(backend, rng):
+    model = DickeBattery(omegas=ENV1, n_max=12)
+    u = rng.uniform(-0.3, 0.3, 5)
+    e = Experiment(model, u[:2], 0.2, MeasurementSchedule(final_only=True))
+    grown = e.extend(u[2:])
+    assert np.array_equal(grown.controls, Experiment(model, u, 0.2).controls)
+    assert grown.n_steps == 5 and e.n_steps == 2
+    with pytest.raises(Exception, match=r"controls\[0, coupling\]"):
+        e.extend([0.5])
