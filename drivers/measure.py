@@ -3,6 +3,8 @@ expectation values, and shot sampling per local setting. Shared by every simulat
 driver and the lab emulator, so they all measure the same way."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .pauli import estimate_from_counts, expectation_matrix, outcome_probabilities, sample_counts
@@ -39,3 +41,16 @@ def measure_density(rho: np.ndarray, labels: tuple[str, ...], settings: tuple[st
     return values, stderr, counts, settings
 
 
+
+
+#: Population of a truncated auxiliary mode's top level above which a run warns.
+AUX_TOP_WARNING = 1e-8
+
+
+def warn_if_truncated(model_kind: str, model_key: str, top: float, warned: set[str]) -> None:
+    """Warn once per model (tracked in ``warned``) when the top aux level holds > 1e-8."""
+    if top > AUX_TOP_WARNING and model_key not in warned:
+        warned.add(model_key)
+        warnings.warn(f"truncation of the {model_kind} model's auxiliary mode is not converged: "
+                      f"its top level holds {top:.2e} (> {AUX_TOP_WARNING:g}); raise the cutoff",
+                      RuntimeWarning, stacklevel=4)

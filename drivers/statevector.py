@@ -6,8 +6,6 @@ asks for controls[:k+1] after controls[:k] costs one step, not k+1.
 """
 from __future__ import annotations
 
-import warnings
-from collections import OrderedDict
 
 
 import numpy as np
@@ -16,11 +14,9 @@ from . import _validate as check
 from .backend import Backend, Capabilities
 from .experiment import Experiment, Result
 from .model import Model
-from .measure import measure_density
+from .measure import measure_density, warn_if_truncated
+from .prefix import PrefixCache, lockstep
 from .propagate import ChebyshevPropagator
-
-#: Population of a truncated auxiliary mode's top level above which a run warns.
-AUX_TOP_WARNING = 1e-8
 
 
 class StatevectorBackend(Backend):
@@ -32,7 +28,7 @@ class StatevectorBackend(Backend):
         super().__init__(seed)
         self.cache_size = check.integer("cache_size", cache_size, 0, 10**8)
         self._props: dict[str, ChebyshevPropagator] = {}
-        self._cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._cache = PrefixCache(self.cache_size)
         self.steps_propagated = 0  # counts column-steps, for tests and benchmarks
         self._warned: set[str] = set()
 
@@ -49,27 +45,6 @@ class StatevectorBackend(Backend):
         self._cache.clear()
 
     # -- propagation ---------------------------------------------------------------
-    def _key(self, e: Experiment, k: int) -> tuple:
-        return (e.model.key, e.dt, e.controls[:k].tobytes())
-
-    def _start(self, e: Experiment, measured: np.ndarray) -> int:
-        """Longest cached prefix m such that every measured step below m is cached too."""
-        if self.cache_size == 0:
-            return 0
-        need = [k for k in measured]
-        for m in range(e.n_steps, 0, -1):
-            if self._key(e, m) in self._cache and all(self._key(e, k) in self._cache for k in need if k < m):
-                return m
-        return 0
-
-    def _remember(self, key: tuple, psi: np.ndarray) -> None:
-        if self.cache_size == 0:
-            return
-        self._cache[key] = psi
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-
     def states(self, batch: list[Experiment]) -> list[dict[int, np.ndarray]]:
         """Sector states at every measured step of each experiment: [{k: ψ_k (d,)}]."""
         out: list[dict[int, np.ndarray]] = [dict() for _ in batch]
@@ -84,33 +59,26 @@ class StatevectorBackend(Backend):
         prop = self.propagator(exps[0].model)
         dt = exps[0].dt
         measured = [set(e.schedule.measured_steps(e.n_steps).tolist()) for e in exps]
-        starts = [self._start(e, np.array(sorted(m))) for e, m in zip(exps, measured)]
+        starts = [self._cache.start(e, m) for e, m in zip(exps, measured)]
         psi0 = prop.restrict(exps[0].model.initial_state())
         cols = []
         for e, m0, meas, out in zip(exps, starts, measured, outs):
             for k in meas:
                 if k <= m0:
-                    out[k] = self._cache[self._key(e, k)] if k > 0 else psi0
-            cols.append(self._cache[self._key(e, m0)] if m0 > 0 else psi0)
+                    out[k] = self._cache.get(e, k) if k > 0 else psi0
+            cols.append(self._cache.get(e, m0) if m0 > 0 else psi0)
         psi = np.stack(cols, axis=1).astype(complex)
-        pos = np.array(starts)
-        ends = np.array([e.n_steps for e in exps])
-        while True:
-            active = np.nonzero(pos < ends)[0]
-            if active.size == 0:
-                break
-            u = np.stack([exps[i].controls[pos[i]] for i in active])
+        for active, u, reached in lockstep(exps, starts):
             if active.size == psi.shape[1]:
                 psi = prop.step(psi, u, dt)
             else:
                 psi[:, active] = prop.step(psi[:, active], u, dt)
             self.steps_propagated += active.size
-            pos[active] += 1
             snapshot = np.ascontiguousarray(psi.T)    # rows are never written again: safe to share
             for i in active:
-                k = int(pos[i])
+                k = int(reached[i])
                 col = snapshot[i]
-                self._remember(self._key(exps[i], k), col)
+                self._cache.put(exps[i], k, col)
                 if k in measured[i]:
                     outs[i][k] = col
 
@@ -140,7 +108,7 @@ class StatevectorBackend(Backend):
             offsets = np.cumsum([0] + [len(st) for st in steps])
             meta = {"model": model.to_dict(), "dt": e0.dt, "shots": e0.schedule.shots}
             if top is not None:
-                self._check_truncation(model, float(top.max()))
+                warn_if_truncated(model.kind, model.key, float(top.max()), self._warned)
             for j, i in enumerate(idx):
                 e, sl = batch[i], slice(offsets[j], offsets[j + 1])
                 if exact is not None:
@@ -156,10 +124,3 @@ class StatevectorBackend(Backend):
                                     state=None if full is None else full[sl],
                                     counts=counts, settings=settings, metadata=md)
         return results  # type: ignore[return-value]
-
-    def _check_truncation(self, model: Model, top: float) -> None:
-        if top > AUX_TOP_WARNING and model.key not in self._warned:
-            self._warned.add(model.key)
-            warnings.warn(f"truncation of the {model.kind} model's auxiliary mode is not converged: "
-                          f"its top level holds {top:.2e} (> {AUX_TOP_WARNING:g}); raise the cutoff",
-                          RuntimeWarning, stacklevel=5)

@@ -1,0 +1,125 @@
+"""A crash-safe record of training runs in SQLite (WAL journal, one transaction per write).
+
+    store = RunStore("runs.sqlite")
+    store.start_run("env1/second_order/seed0", config={...})
+    store.log_episode(run, episode=…, step=…, ret=…, energy=…, ergotropy=…, protocol=[…])
+    store.finish_run(run, summary={...})
+
+Every episode's return, terminal energy, terminal ergotropy and best-so-far terminal
+ergotropy is kept; the best protocol (and its per-step ergotropy) too. A process killed in
+the middle of a write leaves the database at the last committed episode (SQLite's atomic
+commit); several processes may write to one file (WAL, busy timeout).
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run TEXT PRIMARY KEY, config TEXT NOT NULL, status TEXT NOT NULL,
+    created REAL NOT NULL, updated REAL NOT NULL, summary TEXT);
+CREATE TABLE IF NOT EXISTS episodes (
+    run TEXT NOT NULL, episode INTEGER NOT NULL, step INTEGER NOT NULL,
+    ret REAL NOT NULL, energy REAL NOT NULL, ergotropy REAL NOT NULL, best REAL NOT NULL,
+    weight REAL, wall REAL NOT NULL, PRIMARY KEY (run, episode));
+CREATE TABLE IF NOT EXISTS best (
+    run TEXT PRIMARY KEY, ergotropy REAL NOT NULL, episode INTEGER NOT NULL,
+    protocol TEXT NOT NULL, trajectory TEXT NOT NULL);
+"""
+
+
+class RunStore:
+    """SQLite run store at ``path`` (created if missing)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        with self._tx():
+            for stmt in filter(str.strip, _SCHEMA.split(";")):
+                self._db.execute(stmt)
+
+    def _tx(self):
+        db = self._db
+
+        class _Tx:
+            def __enter__(self):
+                db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self, exc_type, *_):
+                db.execute("ROLLBACK" if exc_type else "COMMIT")
+        return _Tx()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- writing ---------------------------------------------------------------------
+    def start_run(self, run: str, config: dict[str, Any]) -> None:
+        """Register a run (idempotent: a resumed run keeps its episodes)."""
+        now = time.time()
+        with self._tx():
+            self._db.execute("INSERT OR IGNORE INTO runs VALUES (?, ?, 'running', ?, ?, NULL)",
+                             (run, json.dumps(config, sort_keys=True), now, now))
+            self._db.execute("UPDATE runs SET status='running', updated=? WHERE run=?", (now, run))
+
+    def truncate(self, run: str, after_episode: int) -> None:
+        """Drop episodes past ``after_episode`` (a resume from an older checkpoint)."""
+        with self._tx():
+            self._db.execute("DELETE FROM episodes WHERE run=? AND episode>?", (run, after_episode))
+            row = self._db.execute("SELECT episode FROM best WHERE run=?", (run,)).fetchone()
+            if row and row[0] > after_episode:
+                self._db.execute("DELETE FROM best WHERE run=?", (run,))
+
+    def log_episodes(self, run: str, rows: Sequence[dict[str, Any]], best: dict[str, Any] | None = None) -> None:
+        """Append episodes (dicts with episode, step, ret, energy, ergotropy, best, weight) and,
+        if given, the new best protocol — all in one transaction."""
+        now = time.time()
+        with self._tx():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO episodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(run, int(r["episode"]), int(r["step"]), float(r["ret"]), float(r["energy"]),
+                  float(r["ergotropy"]), float(r["best"]), r.get("weight"), now) for r in rows])
+            if best is not None:
+                self._db.execute("INSERT OR REPLACE INTO best VALUES (?, ?, ?, ?, ?)",
+                                 (run, float(best["ergotropy"]), int(best["episode"]),
+                                  json.dumps(list(map(float, best["protocol"]))),
+                                  json.dumps(list(map(float, best["trajectory"])))))
+            self._db.execute("UPDATE runs SET updated=? WHERE run=?", (now, run))
+
+    def finish_run(self, run: str, summary: dict[str, Any]) -> None:
+        with self._tx():
+            self._db.execute("UPDATE runs SET status='done', summary=?, updated=? WHERE run=?",
+                             (json.dumps(summary, sort_keys=True), time.time(), run))
+
+    # -- reading ---------------------------------------------------------------------
+    def runs(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for run, cfg, status, summary in self._db.execute("SELECT run, config, status, summary FROM runs"):
+            out[run] = {"config": json.loads(cfg), "status": status,
+                        "summary": json.loads(summary) if summary else None}
+        return out
+
+    def status(self, run: str) -> str | None:
+        row = self._db.execute("SELECT status FROM runs WHERE run=?", (run,)).fetchone()
+        return row[0] if row else None
+
+    def episodes(self, run: str) -> dict[str, list[float]]:
+        """Columns episode, step, ret, energy, ergotropy, best, weight (ordered by episode)."""
+        cols = ("episode", "step", "ret", "energy", "ergotropy", "best", "weight")
+        rows = self._db.execute(f"SELECT {', '.join(cols)} FROM episodes WHERE run=? ORDER BY episode",
+                                (run,)).fetchall()
+        return {c: [r[i] for r in rows] for i, c in enumerate(cols)}
+
+    def best(self, run: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT ergotropy, episode, protocol, trajectory FROM best WHERE run=?",
+                               (run,)).fetchone()
+        if row is None:
+            return None
+        return {"ergotropy": row[0], "episode": row[1], "protocol": json.loads(row[2]),
+                "trajectory": json.loads(row[3])}

@@ -1,0 +1,105 @@
+"""Benchmark: one SAC training run (Env1, correlation regime = second_order) to the paper's
+full-state value 4.0445, and throughput against stable-baselines3's SAC on the same env.
+
+    .venv/bin/python benchmarks/bench_sac.py                      # full: run to the target
+    .venv/bin/python benchmarks/bench_sac.py --max-steps 1200 --learning-starts 200 --sb3-steps 1200
+                                                                  # throughput only, quick
+
+Prints what it measured: wall time to the target (or that it was not reached within
+--max-steps), env-steps/s and updates/s of qhil's SAC, the same for stable-baselines3 SAC
+(same network, batch, learning rate, one update per step) over --sb3-steps steps, and the ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET = 4.0445           # seed 000, Table 1, Env1 full state
+
+
+def ours(max_steps: int, seed: int, hidden: tuple[int, ...], target: float | None,
+         learning_starts: int = 5_000) -> dict:
+    from qhil.agents.runstore import RunStore
+    from qhil.agents.sac import SAC, SACConfig
+    from qhil.agents.training import train_off_policy
+    from qhil.envs import make_charging_env
+    cfg = SACConfig(total_steps=max_steps, seed=seed, hidden=hidden, learning_starts=learning_starts).scaled()
+    env = make_charging_env("env1", "second_order", w_mean=cfg.w_mean, w_width=cfg.w_width)
+    agent = SAC(env.obs_dim, env.action_low, env.action_high, cfg)
+    hit: dict = {}
+
+    def stop(st):
+        if target is not None and st.best >= target and not hit:
+            hit.update(step=st.step, wall=st.wall, episode=st.episode)
+            return True
+        return False
+    with tempfile.TemporaryDirectory() as d:
+        st = train_off_policy(agent, env, store=RunStore(Path(d) / "r.sqlite"), run="bench",
+                              progress=sys.stderr.isatty(), stop=stop)
+    return {"steps": st.step, "updates": st.updates, "wall": st.wall, "best": st.best, "hit": hit,
+            "learning_starts": cfg.learning_starts}
+
+
+def sb3(n_steps: int, seed: int, hidden: tuple[int, ...], learning_starts: int) -> dict | None:
+    try:
+        import stable_baselines3 as sb
+    except ImportError:
+        return None
+    import torch
+
+    from qhil.drivers import set_threads
+    from qhil.drivers.threads import default_threads
+    from qhil.envs import ChargingEnv
+    set_threads(torch=default_threads()["torch"])
+    env = ChargingEnv(regime="second_order")
+    model = sb.SAC("MlpPolicy", env, learning_rate=1e-3, buffer_size=180_000, batch_size=256, gamma=0.993,
+                   tau=0.005, learning_starts=learning_starts, train_freq=1, gradient_steps=1, seed=seed,
+                   policy_kwargs={"net_arch": list(hidden)}, verbose=0, device="cpu")
+    t0 = time.perf_counter()
+    model.learn(total_timesteps=n_steps)
+    wall = time.perf_counter() - t0
+    return {"steps": n_steps, "updates": max(n_steps - learning_starts, 0), "wall": wall,
+            "torch_threads": torch.get_num_threads()}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--max-steps", type=int, default=60_000, help="step budget of our run (schedules scaled to it)")
+    p.add_argument("--sb3-steps", type=int, default=2_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hidden", default="512,256")
+    p.add_argument("--learning-starts", type=int, default=5_000, help="random warm-up steps (paper: 5000)")
+    a = p.parse_args()
+    hidden = tuple(int(h) for h in a.hidden.split(","))
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; torch threads "
+          f"QHIL_TORCH_THREADS={os.environ.get('QHIL_TORCH_THREADS', '1 (default)')}; network {hidden}")
+    r = ours(a.max_steps, a.seed, hidden, TARGET, a.learning_starts)
+    sps, ups = r["steps"] / r["wall"], r["updates"] / max(r["wall"], 1e-9)
+    if r["hit"]:
+        print(f"qhil SAC, Env1 second_order: best explored ergotropy reached {TARGET} after "
+              f"{r['hit']['step']} env steps ({r['hit']['episode']} episodes) in {r['hit']['wall']:.0f} s")
+    else:
+        print(f"qhil SAC, Env1 second_order: target {TARGET} NOT reached in {r['steps']} steps "
+              f"({r['wall']:.0f} s); best explored {r['best']:.4f}")
+    print(f"qhil SAC: {sps:.1f} env-steps/s, {ups:.1f} updates/s over the run "
+          f"({r['learning_starts']} warm-up steps without updates)")
+    # same warm-up fraction for the comparison
+    ls = min(r["learning_starts"], a.sb3_steps // 4)
+    s = sb3(a.sb3_steps, a.seed, hidden, ls)
+    if s is None:
+        print("stable-baselines3 not installed: no comparison")
+        return 0
+    s_sps, s_ups = s["steps"] / s["wall"], s["updates"] / s["wall"]
+    print(f"stable-baselines3 SAC (same env, net, batch 256, 1 update/step): {s['steps']} steps "
+          f"({ls} warm-up) in {s['wall']:.1f} s: {s_sps:.1f} env-steps/s, {s_ups:.1f} updates/s")
+    print(f"ratio qhil/sb3: updates/s {ups / s_ups:.2f}x  (env-steps/s {sps / s_sps:.2f}x; these "
+          f"depend on the warm-up share, updates/s compares like with like)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

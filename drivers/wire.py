@@ -1,0 +1,348 @@
+"""The qhil lab wire format, shared by the client driver and the lab server.
+
+A message is a ZeroMQ multipart message (the ROUTER prepends the peer's identity)::
+
+    frame 0   b"QHIL"                      signature (rejects stray traffic early)
+    frame 1   header, UTF-8 JSON object    {"v": "1.0", "type": ..., "id": ..., "body": {...},
+                                            "arrays": [{"name", "dtype", "shape"}, ...]}
+    frame 2+  one raw frame per entry of header["arrays"], C order, little-endian
+
+Arrays travel as raw bytes with dtype and shape declared in the header (an allow-list of
+dtypes, never pickle). Every message carries the protocol version ``"v"``; peers reject a
+different major version. Size limits apply before anything is parsed. See docs/protocol.md.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import zmq
+
+from .errors import QhilError
+
+#: Protocol version "major.minor". A different major version is refused by both ends.
+PROTOCOL_VERSION = "1.0"
+PROTOCOL_MAJOR = 1
+SIGNATURE = b"QHIL"
+
+#: Default limits (the server may lower or raise them; both ends enforce their own).
+MAX_HEADER_BYTES = 1 << 20          # 1 MiB of JSON
+MAX_MESSAGE_BYTES = 64 << 20        # 64 MiB of frames in all
+MAX_ARRAYS = 16
+MAX_NDIM = 4
+MAX_PING_IDS = 256
+
+#: Message types. Requests (client → server) and the replies they get.
+REQUEST_TYPES = ("hello", "describe", "run", "ping")
+REPLY_TYPES = ("hello", "describe", "result", "pong", "error")
+#: dtypes allowed on the wire (little-endian); anything else is refused.
+DTYPES = {"float64": "<f8", "int64": "<i8", "complex128": "<c16", "uint8": "|u1"}
+
+_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+#: Error codes: (meaning, retryable). A retryable error may succeed if sent again unchanged.
+ERROR_CODES: dict[str, tuple[str, bool]] = {
+    "bad_frame": ("the message is not a valid qhil frame sequence", False),
+    "bad_request": ("the header or body is malformed or inconsistent", False),
+    "version_mismatch": ("the peer speaks a different major protocol version", False),
+    "too_large": ("the message exceeds a size limit", False),
+    "unknown_type": ("unknown message type", False),
+    "unknown_channel": ("a control channel is not on this device", False),
+    "missing_channel": ("a device channel has no controls", False),
+    "out_of_bounds": ("a control value lies outside the channel's bounds", False),
+    "model_mismatch": ("the experiment's model is not the one this device runs", False),
+    "unsupported": ("valid, but this device cannot do it", False),
+    "id_reused": ("a request id was reused for a different request", False),
+    "busy": ("the server's queue is full", True),
+    "device_fault": ("the device failed; it was put in its safe state", True),
+    "internal": ("unexpected server error", True),
+    # raised by the client only, never sent
+    "timeout": ("no reply within the timeout and retries", True),
+    "auth_refused": ("the CURVE handshake failed: key not allowed, or CURVE on one side only", False),
+    "bad_reply": ("the server's reply is malformed or inconsistent with the request", False),
+}
+
+
+class BridgeError(QhilError):
+    """An error from the lab bridge: ``code`` (see :data:`ERROR_CODES`), ``retryable``, and
+    for remote errors the ``parameter`` the server named."""
+
+    def __init__(self, code: str, message: str, retryable: bool = False,
+                 parameter: str | None = None) -> None:
+        self.code = code
+        self.retryable = bool(retryable)
+        self.parameter = parameter
+        super().__init__(f"[{code}] {message}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"code": self.code, "message": str(self).split("] ", 1)[-1], "retryable": self.retryable}
+        if self.parameter:
+            d["parameter"] = self.parameter
+        return d
+
+
+class BridgeTimeout(BridgeError):
+    """No answer from the lab server within the allowed time and retries."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("timeout", message, retryable=True)
+
+
+def error(code: str, message: str, parameter: str | None = None,
+          retryable: bool | None = None) -> BridgeError:
+    """A :class:`BridgeError` with the code's default ``retryable`` flag."""
+    default = ERROR_CODES.get(code, ("", False))[1]
+    return BridgeError(code, message, default if retryable is None else retryable, parameter)
+
+
+def new_id() -> str:
+    """A fresh request id (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+@dataclass
+class Message:
+    """One decoded message: type, request id, JSON body, named arrays, and version."""
+
+    type: str
+    id: str
+    body: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    version: str = PROTOCOL_VERSION
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (tuple, set)):
+        return list(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed in a header")
+
+
+# One encoder and one decoder for the process: ``json.dumps``/``json.loads`` with options
+# build a new one per call, which costs more than encoding a small header.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_default)
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+#: JSON text of ``o`` as headers are written (compact, no NaN/Infinity, numpy scalars allowed).
+dumps = _ENCODER.encode
+#: wire dtype name of a (native or little-endian) numpy dtype
+_WIRE_DTYPE = {np.dtype(v): k for k, v in DTYPES.items()}
+_WIRE_DTYPE.update({np.dtype(v).newbyteorder(">"): k for k, v in DTYPES.items()})
+_LE = {k: np.dtype(v) for k, v in DTYPES.items()}
+
+
+def _array_frames(arrays: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
+    specs, frames = [], []
+    for name, a in arrays.items():
+        a = np.asarray(a)
+        key = _WIRE_DTYPE.get(a.dtype)
+        if key is None:      # an equivalent dtype spelt otherwise (e.g. longlong for int64)
+            key = next((k for k, v in DTYPES.items() if np.dtype(v) == a.dtype.newbyteorder("<")
+                        or np.dtype(v) == a.dtype), None)
+        if key is None:
+            raise error("bad_request", f"array {name!r} has dtype {a.dtype}, not one of {sorted(DTYPES)}")
+        if a.dtype != _LE[key] or not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a, dtype=_LE[key])
+        specs.append({"name": name, "dtype": key, "shape": list(a.shape)})
+        frames.append(memoryview(a).cast("B") if a.size else b"")
+    return specs, frames
+
+
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE = int(zmq.SNDMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_COPY_BELOW = 1 << 16     # pyzmq's own copy threshold: smaller frames are copied anyway
+
+
+def send_frames(sock: zmq.Socket, frames: list, flags: int = _NOBLOCK) -> None:
+    """``sock.send_multipart(frames, flags)``, cheaper: plain integer flags (no flag enums per
+    frame), small frames copied, large ones (arrays) sent zero-copy."""
+    last = len(frames) - 1
+    for i, f in enumerate(frames):
+        sock.send(f, flags | _MORE if i < last else flags, copy=len(f) < _COPY_BELOW)
+
+
+# the backend's getsockopt returns a plain int (pyzmq's wrapper makes a flag enum of it)
+_getsockopt = getattr(getattr(zmq, "backend", None), "Socket", zmq.Socket).get
+
+
+def readable(sock: zmq.Socket) -> bool:
+    """Whether ``sock`` has a message waiting (a cheap check before a non-blocking receive,
+    which would otherwise end in a ``zmq.Again`` exception)."""
+    return bool(_getsockopt(sock, _EVENTS) & _POLLIN)
+
+
+def encode(msg: Message) -> list[bytes | memoryview]:
+    """Frames for ``msg`` (signature, header, raw arrays). Arrays are sent zero-copy when
+    already contiguous little-endian."""
+    header = {"v": msg.version, "type": msg.type, "id": msg.id, "body": msg.body}
+    frames: list = []
+    if msg.arrays:
+        header["arrays"], frames = _array_frames(msg.arrays)
+    return [SIGNATURE, dumps(header).encode(), *frames]
+
+
+def encode_json_body(type: str, id: str, body_json: str, arrays: dict[str, Any] | None = None,
+                     version: str = PROTOCOL_VERSION) -> list[bytes | memoryview]:
+    """Like :func:`encode`, for a body that is already JSON text (``dumps(body)``): a server
+    that logs a reply body and sends it encodes it once. The frames are the same as
+    ``encode(Message(type, id, json.loads(body_json), arrays, version))``."""
+    head = dumps({"v": version, "type": type, "id": id})
+    frames: list = []
+    tail = "}"
+    if arrays:
+        specs, frames = _array_frames(arrays)
+        tail = ',"arrays":' + dumps(specs) + "}"
+    return [SIGNATURE, (head[:-1] + ',"body":' + body_json + tail).encode(), *frames]
+
+
+def peek_id(frames: list[bytes]) -> str | None:
+    """The request id of a message that failed to decode, when one can be recovered (for the
+    error reply); None otherwise."""
+    try:
+        if len(frames) >= 2 and len(frames[1]) <= MAX_HEADER_BYTES:
+            h = _DECODER.decode(bytes(frames[1]).decode("utf-8"))
+            if isinstance(h, dict) and isinstance(h.get("id"), str) and _ID.match(h["id"]):
+                return h["id"]
+    except (ValueError, UnicodeDecodeError):
+        pass
+    return None
+
+
+_VERSION = re.compile(r"^\d+\.\d+$")
+
+
+def check_version(v: Any) -> None:
+    """Raise ``version_mismatch`` unless ``v`` is "major.minor" with our major version."""
+    if v == PROTOCOL_VERSION:        # the common case, checked first
+        return
+    if not isinstance(v, str) or not _VERSION.match(v):
+        raise error("bad_request", f"header.v must be a version string 'major.minor', got {v!r}")
+    if int(v.split(".")[0]) != PROTOCOL_MAJOR:
+        raise error("version_mismatch",
+                    f"peer speaks qhil lab protocol {v}, this end speaks {PROTOCOL_VERSION} "
+                    f"(major versions must match; upgrade the older side)")
+
+
+def decode(frames: list[bytes], types: tuple[str, ...] = REQUEST_TYPES,
+           max_bytes: int = MAX_MESSAGE_BYTES, max_header: int = MAX_HEADER_BYTES) -> Message:
+    """Parse and validate frames (without the ROUTER identity). Raises :class:`BridgeError`
+    with code bad_frame / too_large / version_mismatch / bad_request / unknown_type."""
+    if len(frames) < 2 or frames[0] != SIGNATURE:
+        raise error("bad_frame", f"expected frames [{SIGNATURE!r}, header, arrays...], got "
+                    f"{len(frames)} frame(s) starting {bytes(frames[0][:8]) if frames else b''!r}")
+    total = sum(map(len, frames))
+    if total > max_bytes:
+        raise error("too_large", f"message has {total} bytes, limit {max_bytes}")
+    if len(frames[1]) > max_header:
+        raise error("too_large", f"header has {len(frames[1])} bytes, limit {max_header}")
+    try:
+        header = _DECODER.decode(bytes(frames[1]).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:    # (UnicodeDecodeError is a ValueError)
+        raise error("bad_frame", f"header is not UTF-8 JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise error("bad_frame", "header must be a JSON object")
+    check_version(header.get("v"))
+    mid = header.get("id")
+    if not isinstance(mid, str) or not _ID.match(mid):
+        raise error("bad_request", "header.id must be 1-64 characters of [A-Za-z0-9_.:-]", "id")
+    mtype = header.get("type")
+    if mtype not in types:
+        raise error("unknown_type", f"unknown message type {mtype!r}", "type",) if isinstance(mtype, str) \
+            else error("bad_request", "header.type must be a string", "type")
+    body = header.get("body", {})
+    if not isinstance(body, dict):
+        raise error("bad_request", "header.body must be a JSON object", "body")
+    specs = header.get("arrays", ())
+    if not isinstance(specs, (list, tuple)) or len(specs) > MAX_ARRAYS:
+        raise error("bad_request", f"header.arrays must be a list of at most {MAX_ARRAYS} entries", "arrays")
+    if len(specs) != len(frames) - 2:
+        raise error("bad_frame", f"header declares {len(specs)} array(s) but {len(frames) - 2} frame(s) follow")
+    arrays: dict[str, np.ndarray] = {}
+    for spec, raw in zip(specs, frames[2:]):
+        name, arr = _array(spec, raw)
+        if name in arrays:
+            raise error("bad_request", f"array {name!r} appears twice", "arrays")
+        arrays[name] = arr
+    return Message(mtype, mid, body, arrays, header["v"])
+
+
+_SPEC_KEYS = {"name", "dtype", "shape"}
+
+
+def _array(spec: Any, raw: bytes) -> tuple[str, np.ndarray]:
+    if not isinstance(spec, dict) or spec.keys() != _SPEC_KEYS:
+        raise error("bad_request", "each header.arrays entry must be {name, dtype, shape}", "arrays")
+    name, dt, shape = spec["name"], spec["dtype"], spec["shape"]
+    if not isinstance(name, str) or not _ID.match(name):
+        raise error("bad_request", f"bad array name {name!r}", "arrays")
+    dtype = _LE.get(dt) if isinstance(dt, str) else None
+    if dtype is None:
+        raise error("bad_request", f"array {name!r}: dtype {dt!r} not allowed", f"arrays.{name}.dtype")
+    if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(
+            type(s) is int and s >= 0 for s in shape):       # (JSON gives int or bool; bool is refused)
+        raise error("bad_request", f"array {name!r}: shape must be ≤{MAX_NDIM} non-negative ints",
+                    f"arrays.{name}.shape")
+    n = math.prod(shape) * dtype.itemsize
+    if n != len(raw):
+        raise error("bad_frame", f"array {name!r}: {len(raw)} bytes for shape {shape} of {dt} ({n} expected)")
+    arr = np.frombuffer(raw, dtype=dtype).reshape(shape) if n else np.zeros(shape, dtype)
+    return name, arr
+
+
+def error_message(request_id: str | None, exc: BridgeError) -> Message:
+    """The error reply for ``exc`` (``id`` "-" when the request's id could not be read)."""
+    return Message("error", request_id or "-", {"error": exc.to_dict()})
+
+
+def raise_for_error(msg: Message) -> None:
+    """Raise the :class:`BridgeError` carried by an error reply (no-op otherwise)."""
+    if msg.type != "error":
+        return
+    e = msg.body.get("error")
+    if not isinstance(e, dict):
+        raise error("bad_request", f"malformed error reply: {msg.body!r}")
+    raise BridgeError(str(e.get("code", "internal")), str(e.get("message", "")),
+                      bool(e.get("retryable", False)), e.get("parameter"))
+
+
+@lru_cache(maxsize=256)
+def _estimator(labels: tuple[str, ...], settings: tuple[str, ...], n: int) -> tuple[np.ndarray, np.ndarray]:
+    from .pauli import _sign_tables
+    table = _sign_tables(labels, settings, n)
+    reads = ((np.abs(table) @ np.ones(2 ** n)) > 0).astype(float)     # (O, S): s reads o
+    table.flags.writeable = reads.flags.writeable = False
+    return table, reads
+
+
+def estimate(data: np.ndarray, labels: tuple[str, ...], settings: tuple[str, ...], n: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Values and standard errors (M, O) of ``labels`` from counts or probabilities (M, S, 2^n)
+    of M measured steps: :func:`qhil.drivers.pauli.estimate_from_counts` step by step (the
+    same estimator and arithmetic), with its tables kept per (labels, settings, n). The two
+    ends use it: the client for its results, the server for the run log."""
+    table, reads = _estimator(tuple(labels), tuple(settings), n)
+    values = np.empty((len(data), len(labels)))
+    stderr = np.empty_like(values)
+    for m, counts in enumerate(data):
+        shots = reads @ counts.sum(axis=1)
+        mean = np.einsum("osb,sb->o", table, counts) / shots
+        var = np.maximum(1.0 - mean ** 2, 0.0) * shots / np.maximum(shots - 1, 1)   # = clip(·, 0, None)
+        values[m] = mean
+        stderr[m] = np.sqrt(var / shots)
+    return values, stderr

@@ -1,0 +1,415 @@
+"""The lab driver: ``create_backend("zmq://host:port")`` runs experiments on pulse hardware
+(or its emulator) behind a qhil lab server, with the same interface and Result shapes as
+the simulators.
+
+* Prefix replay: measurement destroys the state, so each measured step k is its own
+  prepare–play(0..k−1)–measure repetition per setting and shot. The server does the
+  replay; its cost comes back in ``result.metadata["bridge"]["replay"]`` (and, as on every
+  driver, ``result.metadata["cost"]``).
+* Reliability (ZeroMQ guide, "Lazy Pirate" and "Paranoid Pirate"): a DEALER socket;
+  every request has a unique id and retries reuse it, so the server never runs it twice;
+  the reply timeout is sized to the job from the device's timing figures; heartbeats
+  (``ping``) while waiting notice a dead server within ``heartbeat × liveness`` seconds;
+  then the socket is closed and reopened and the request re-sent, with exponential
+  backoff, at most ``retries`` times.
+* Handshake: ``hello`` refuses a server whose major protocol version differs.
+* Raw counts come back and are turned into values and standard errors here, with the same
+  estimator as the simulators. ``qubit_density`` and ``state`` are None (hardware).
+* Optional CURVE: ``server_key`` (the server's public certificate or Z85 key) and
+  ``client_cert`` (this client's secret certificate; a throw-away key pair if omitted).
+
+Not thread-safe: one backend per thread.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+from . import wire
+from .backend import Backend, Capabilities
+from .errors import UnsupportedError, ValidationError
+from .experiment import Experiment, Result
+from .wire import BridgeError, BridgeTimeout, Message
+
+_SPEC = re.compile(r"^zmq://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+_AUTH_EVENTS = {zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the server refused this client's key",
+                zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "security handshake failed (CURVE on one side only?)",
+                zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "security handshake failed"}
+
+
+def parse_endpoint(spec: str) -> str:
+    """``zmq://host:port`` → ``tcp://host:port`` (validated)."""
+    m = _SPEC.match(spec) if isinstance(spec, str) else None
+    if m is None or not 0 < int(m.group(2)) < 65536:
+        raise ValidationError("backend", f"cannot parse lab endpoint {spec!r}", "zmq://host:port")
+    return f"tcp://{m.group(1)}:{int(m.group(2))}"
+
+
+def _z85_key(key: str | bytes | os.PathLike, name: str, secret: bool) -> tuple[bytes, bytes | None]:
+    """(public, secret) from a Z85 key (40 characters) or a zmq.auth certificate file."""
+    if isinstance(key, (bytes, str)) and len(key) == 40 and not os.path.exists(key):
+        return (key.encode() if isinstance(key, str) else key), None
+    import zmq.auth
+    try:
+        public, sec = zmq.auth.load_certificate(os.fspath(key))
+    except (OSError, ValueError) as exc:
+        raise ValidationError(name, f"cannot read a CURVE key from {key!r} ({exc})",
+                              "a 40-character Z85 key or a zmq.auth certificate file") from None
+    if secret and sec is None:
+        raise ValidationError(name, f"{key!r} holds no secret key", "a *.key_secret certificate")
+    return public, sec
+
+
+class ZmqBackend(Backend):
+    """Client of a qhil lab server at ``zmq://host:port``.
+
+    timeout:    seconds to wait for a reply beyond the job's estimated duration (the wait is
+                ``timeout + 3 × estimate``)
+    retries:    re-sends after a timeout, a silent server or a retryable error
+    backoff:    first pause between attempts, seconds (doubles, capped at ``max_backoff``)
+    heartbeat:  seconds between pings while waiting; the server counts as dead after
+                ``liveness`` silent intervals
+    server_key, client_cert: CURVE (see the module docstring)
+    check_model: refuse experiments whose model differs from the model the device reports
+    pipeline:   requests of a batch in flight at once (the server runs them in order)
+    """
+
+    name = "zmq"
+
+    def __init__(self, spec: str = "zmq://127.0.0.1:5555", seed: int | None = None, *,
+                 timeout: float = 10.0, retries: int = 5, backoff: float = 0.2, max_backoff: float = 5.0,
+                 heartbeat: float = 0.5, liveness: int = 3,
+                 server_key: str | bytes | os.PathLike | None = None,
+                 client_cert: str | os.PathLike | None = None, check_model: bool = True,
+                 pipeline: int = 32) -> None:
+        super().__init__(seed)
+        self.spec = spec
+        self.endpoint = parse_endpoint(spec)
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.backoff, self.max_backoff = float(backoff), float(max_backoff)
+        self.heartbeat, self.liveness = float(heartbeat), int(liveness)
+        if min(self.timeout, self.heartbeat) <= 0 or self.retries < 0 or self.liveness < 1:
+            raise ValidationError("zmq options", "timeout and heartbeat must be > 0, retries ≥ 0, "
+                                  "liveness ≥ 1")
+        self.check_model = bool(check_model)
+        self.pipeline = max(1, int(pipeline))
+        self._curve: tuple[bytes, bytes, bytes] | None = None
+        if server_key is not None:
+            server_public, _ = _z85_key(server_key, "server_key", secret=False)
+            if client_cert is None:
+                public, secret = zmq.curve_keypair()
+            else:
+                public, secret = _z85_key(client_cert, "client_cert", secret=True)
+            self._curve = (server_public, public, secret)  # type: ignore[assignment]
+        self._ctx = zmq.Context()
+        self._sock: zmq.Socket | None = None
+        self._poller: zmq.Poller | None = None      # polls _sock (one per socket, not per wait)
+        self._monitor: zmq.Socket | None = None
+        self._info: dict[str, Any] | None = None
+        self._chans: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self._hello: dict[str, Any] | None = None
+        self._static: dict[tuple, dict[str, Any]] = {}
+        self.reconnects = 0      # sockets re-opened (Lazy Pirate), for tests and logs
+
+    # -- connection -------------------------------------------------------------------
+    def _socket(self) -> zmq.Socket:
+        if self._sock is None:
+            s = self._ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            if self._curve is not None:
+                s.setsockopt(zmq.CURVE_SERVERKEY, self._curve[0])
+                s.setsockopt(zmq.CURVE_PUBLICKEY, self._curve[1])
+                s.setsockopt(zmq.CURVE_SECRETKEY, self._curve[2])
+            self._monitor = s.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+            s.connect(self.endpoint)
+            self._sock = s
+            self._poller = zmq.Poller()
+            self._poller.register(s, zmq.POLLIN)
+        return self._sock
+
+    def _reset(self) -> None:
+        """Lazy Pirate: drop the socket (and anything queued on it); the next call reopens."""
+        if self._sock is not None:
+            try:
+                self._sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self._monitor.close(linger=0)   # type: ignore[union-attr]
+            self._sock.close(linger=0)
+            self._sock = self._monitor = self._poller = None
+            self.reconnects += 1
+
+    def close(self) -> None:
+        """Close the socket and the ZeroMQ context."""
+        if self._sock is not None:
+            self._reset()
+            self.reconnects -= 1
+        if not self._ctx.closed:
+            self._ctx.term()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- request / reply ----------------------------------------------------------------
+    def _call(self, msg: Message, timeout: float) -> tuple[Message, int]:
+        """Send ``msg`` and wait for its reply, retrying with the same id. Returns (reply,
+        attempts). Raises BridgeError (non-retryable or retries exhausted) or BridgeTimeout."""
+        return self._call_many([msg], timeout)[0]
+
+    def _call_many(self, msgs: list[Message], timeout: float) -> list[tuple[Message, int]]:
+        """Pipelined: send every request, then collect every reply (the server runs them in
+        order). Lost or refused requests are re-sent with their own ids (Lazy Pirate)."""
+        frames = {m.id: wire.encode(m) for m in msgs}
+        track = {m.id for m in msgs if m.type == "run"}
+        attempts = {m.id: 0 for m in msgs}
+        replies: dict[str, Message] = {}
+        failure: BridgeError | None = None
+        todo = [m.id for m in msgs]
+        last = "no reply"
+        while True:
+            sock = self._socket()
+            for rid in todo:
+                attempts[rid] += 1
+                try:
+                    wire.send_frames(sock, frames[rid])
+                except zmq.Again:       # not queued: the wait ends in "silent" or "timeout"
+                    pass
+            pending = [m.id for m in msgs if m.id not in replies]
+            got, reason, unknown = self._wait(pending, timeout, track)
+            todo, backoff = [], False
+            for rid, m in got.items():
+                if m.type != "error":
+                    replies[rid] = m
+                    continue
+                try:
+                    wire.raise_for_error(m)
+                except BridgeError as exc:
+                    if not exc.retryable or attempts[rid] > self.retries:
+                        replies[rid] = m
+                        failure = failure or exc
+                    else:
+                        last, backoff = str(exc), True
+                        todo.append(rid)
+            if len(replies) == len(msgs):
+                if failure is not None:
+                    raise failure
+                return [(replies[m.id], attempts[m.id]) for m in msgs]
+            if reason is not None:           # silent or timed out: new socket, re-send the rest
+                last, backoff = reason, True
+                self._reset()
+                todo = [r for r in pending if r not in replies]
+            elif unknown:                    # the server lost them, or their replies: re-send now
+                last = "request unknown to the server, or its reply lost"
+                todo += [r for r in unknown if r not in todo]
+            worst = max(attempts[r] for r in todo) if todo else 0
+            if worst > self.retries:
+                m0 = next(m for m in msgs if m.id == todo[0])
+                raise BridgeTimeout(f"no reply from {self.endpoint} to {m0.type} {m0.id} after "
+                                    f"{worst} attempt(s) (last: {last}); is `qhil lab serve` running "
+                                    "there, and does it accept this client?")
+            if backoff:
+                time.sleep(min(self.max_backoff, self.backoff * 2 ** (worst - 1)))
+
+    def _wait(self, pending: list[str], timeout: float, track: set[str]
+              ) -> tuple[dict[str, Message], str | None, list[str]]:
+        """Replies to ``pending`` ids until all are in, or why not: (replies, reason, unknown)
+        with reason "timeout" or "silent" (no heartbeat reply for ``heartbeat × liveness``)
+        and ``unknown`` the tracked ids the server has no record of, or has finished although
+        no reply came (the reply went to an earlier connection)."""
+        now = time.monotonic()
+        deadline, last_heard, next_ping = now + timeout, now, now + self.heartbeat
+        dead_after = self.heartbeat * self.liveness
+        got: dict[str, Message] = {}
+        want = set(pending)
+        sock, poller = self._sock, self._poller
+        assert sock is not None and poller is not None
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return got, "timeout", []
+            if now - last_heard > dead_after:
+                return got, "silent", []
+            if now >= next_ping:
+                ids = [r for r in pending if r in track and r not in got][:wire.MAX_PING_IDS]
+                try:
+                    sock.send_multipart(wire.encode(Message("ping", wire.new_id(), {"requests": ids})),
+                                        zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+                next_ping = now + self.heartbeat
+            wait = min(deadline, next_ping, last_heard + dead_after + 1e-3) - now
+            # One socket in the fast path; the monitor (handshake failures) is read when idle.
+            if not poller.poll(min(max(0.0, wait), self.heartbeat / 2) * 1000):
+                self._check_monitor()
+                continue
+            while True:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                last_heard = time.monotonic()
+                try:
+                    m = wire.decode([f.buffer for f in frames], wire.REPLY_TYPES)
+                except BridgeError as exc:
+                    if exc.code == "version_mismatch":
+                        raise
+                    continue                   # garbage: ignore (the server is alive, though)
+                if m.id in want:
+                    got[m.id] = m
+                    if len(got) == len(want):
+                        return got, None, []
+                elif m.type == "pong":
+                    states = m.body.get("states")
+                    # "unknown": the server restarted before finishing it; "done": its reply went
+                    # to an earlier connection. Either way, re-send it (answered from storage).
+                    lost = [r for r, st in states.items() if st in ("unknown", "done") and r in want
+                            and r not in got] if isinstance(states, dict) else []
+                    if lost:
+                        return got, None, lost
+
+    def _check_monitor(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+        while self._monitor is not None and self._monitor.poll(0):
+            ev = recv_monitor_message(self._monitor)
+            if ev["event"] in _AUTH_EVENTS:
+                self._reset()
+                raise BridgeError("auth_refused", f"{self.endpoint}: {_AUTH_EVENTS[ev['event']]}")
+
+    def _hello_check(self) -> None:
+        if self._hello is None:
+            reply, _ = self._call(Message("hello", wire.new_id(), {"client": "qhil",
+                                                                   "protocol": wire.PROTOCOL_VERSION}),
+                                  self.timeout)
+            wire.check_version(reply.body.get("protocol"))
+            self._hello = reply.body
+
+    def describe(self, refresh: bool = False) -> dict[str, Any]:
+        """The device's channels (names, bounds, units, safe values), qubits, calibration,
+        limits, timing and the server's details."""
+        if self._info is None or refresh:
+            self._hello_check()
+            reply, _ = self._call(Message("describe", wire.new_id()), self.timeout)
+            self._info = reply.body
+        return self._info
+
+    def ping(self) -> float:
+        """One protocol round trip to the server (no device work); returns seconds."""
+        t0 = time.perf_counter()
+        self._call(Message("ping", wire.new_id()), self.timeout)
+        return time.perf_counter() - t0
+
+    @property
+    def capabilities(self) -> Capabilities:
+        exact = bool(self._info and self._info.get("exact_expectations"))
+        return Capabilities(full_state=False, exact_expectations=exact, qubit_density=False, noise=True)
+
+    # -- experiments --------------------------------------------------------------------
+    def _check(self, e: Experiment, info: dict[str, Any], i: int) -> None:
+        if e.schedule.full_state:
+            raise UnsupportedError("the full state is not available on hardware (zmq driver); "
+                                   "measure energies, first_order, second_order or Pauli labels")
+        if self._chans is None or self._chans[0] is not info:    # per describe() answer
+            self._chans = (info, {c["name"]: c for c in info["channels"]})
+        chans = self._chans[1]
+        names = [c.name for c in e.model.controls]
+        if sorted(names) != sorted(chans):
+            raise ValidationError(f"experiments[{i}].model.controls", f"channels {names} do not match "
+                                  "the device's", ", ".join(chans))
+        for j, c in enumerate(e.model.controls):
+            d = chans[c.name]
+            col = e.controls[:, j]
+            tol = 1e-12 * max(1.0, d["upper"] - d["lower"])
+            if col.size and (col.min() < d["lower"] - tol or col.max() > d["upper"] + tol):
+                raise ValidationError(f"experiments[{i}].controls[{c.name}]", "outside the device's bounds",
+                                      f"[{d['lower']:g}, {d['upper']:g}] {d.get('units', '')}")
+        if e.model.n_qubits != info["n_qubits"]:
+            raise ValidationError(f"experiments[{i}].model", f"{e.model.n_qubits} qubits, the device has "
+                                  f"{info['n_qubits']}")
+        if self.check_model and info.get("model") is not None and e.model.key != self._device_model_key():
+            raise ValidationError(f"experiments[{i}].model", f"{e.model.to_dict()} is not the model the device "
+                                  f"runs", str(info["model"]))
+        if e.schedule.shots is None and not info.get("exact_expectations"):
+            raise UnsupportedError(f"experiments[{i}]: exact expectation values (shots=None) are not "
+                                   f"available on the {info.get('name')} device; give a number of shots")
+
+    def _device_model_key(self) -> str:
+        info = self.describe()
+        if info.get("_model_key") is None:   # the same hash as Model.key
+            info["_model_key"] = hashlib.sha256(json.dumps(info["model"], sort_keys=True).encode()).hexdigest()[:16]
+        return info["_model_key"]
+
+    def estimate_seconds(self, e: Experiment) -> float:
+        """Estimated device time of one experiment, from the device's timing figures."""
+        t = self.describe().get("timing", {})
+        c = e.cost()
+        return float(t.get("overhead_s", 0.0) + t.get("solve_step_s", 0.0) * e.n_steps
+                     + t.get("step_s", 0.0) * c.played_steps + t.get("shot_s", 0.0) * c.total_shots)
+
+    def _run(self, batch: list[Experiment], seeds: np.random.SeedSequence) -> list[Result]:
+        info = self.describe()
+        for i, e in enumerate(batch):
+            self._check(e, info, i)
+        children = seeds.spawn(len(batch))
+        msgs = [self._request(e, int(s.generate_state(1, np.uint32)[0])) for e, s in zip(batch, children)]
+        t0 = time.perf_counter()
+        out: list[Result] = []
+        for lo in range(0, len(batch), self.pipeline):       # pipelined, a window at a time
+            chunk = slice(lo, lo + self.pipeline)
+            est = sum(self.estimate_seconds(e) for e in batch[chunk])
+            replies = self._call_many(msgs[chunk], self.timeout + 3.0 * est)
+            rtt = time.perf_counter() - t0
+            out += [self._result(e, m, r, a, rtt) for e, m, (r, a) in zip(batch[chunk], msgs[chunk], replies)]
+        return out
+
+    def _request(self, e: Experiment, seed: int) -> Message:
+        n = e.model.n_qubits
+        key = (e.model.key, e.schedule)
+        if key not in self._static:        # the parts shared by every run of a model and schedule
+            if len(self._static) > 256:
+                self._static.clear()
+            self._static[key] = {"channels": [c.name for c in e.model.controls],
+                                 "settings": list(e.schedule.settings(n)), "model": e.model.to_dict(),
+                                 "match_model": self.check_model, "schedule": e.schedule.to_dict(),
+                                 "labels": list(e.schedule.labels(n))}
+        body = {"dt": e.dt, "steps": e.schedule.measured_steps(e.n_steps).tolist(), "shots": e.schedule.shots,
+                "seed": seed, **self._static[key]}
+        return Message("run", wire.new_id(), body, {"controls": np.asarray(e.controls, dtype=np.float64)})
+
+    def _result(self, e: Experiment, msg: Message, reply: Message, attempts: int, rtt: float) -> Result:
+        n = e.model.n_qubits
+        labels = e.schedule.labels(n)
+        settings = e.schedule.settings(n)
+        steps = e.schedule.measured_steps(e.n_steps)
+        name = "probabilities" if e.schedule.shots is None else "counts"
+        data = reply.arrays.get(name)
+        expect = (len(steps), len(settings), 2 ** n)
+        if data is None or data.shape != expect or list(reply.body.get("settings", [])) != list(settings):
+            raise BridgeError("bad_reply", f"malformed result for {msg.id}: expected {name} of shape "
+                              f"{expect} for settings {list(settings)}")
+        if e.schedule.shots is not None and not np.all(data.sum(axis=2) == e.schedule.shots):
+            raise BridgeError("bad_reply", f"result for {msg.id}: counts do not sum to the shots")
+        values, stderr = wire.estimate(data, labels, settings, n)
+        if e.schedule.shots is None:
+            stderr = np.zeros_like(values)
+        meta = {"model": msg.body["model"], "dt": e.dt, "shots": e.schedule.shots, "n_steps": e.n_steps,
+                "bridge": {"endpoint": self.endpoint, "request_id": msg.id, "attempts": attempts,
+                           "replayed": bool(reply.body.get("replayed")), "device": reply.body.get("device"),
+                           "calibration": reply.body.get("calibration"), "replay": reply.body.get("replay"),
+                           "device_s": reply.body.get("device_s"), "batch_round_trip_s": rtt}}
+        return Result(steps=steps, times=steps * e.dt, labels=labels, values=values, stderr=stderr,
+                      qubit_density=None, state=None,
+                      counts=np.array(data) if e.schedule.shots is not None else None,
+                      settings=settings, metadata=meta)

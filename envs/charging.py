@@ -1,0 +1,249 @@
+"""Charging the Dicke battery as a reinforcement-learning environment (seed 000, Sec. III A).
+
+The charging time τ is split into K steps of Δt = τ/K. At step k the agent picks
+a_k ∈ [λ_min, λ_max] (Eq. 8), held for [t_k, t_{k+1}); the driver evolves the battery
+(Eq. 7) and measures it through a :class:`~qhil.drivers.MeasurementSchedule` for one of
+the four observation regimes of Sec. IV B. The observation is that measurement, augmented
+with the previous action a_{k−1} and the time t_k (Sec. III A).
+
+Reward, Eq. (11):  r_k = w ΔE_k + (1 − w) Δℰ_k,   ΔE_k = E(t_{k+1}) − E(t_k),
+                                                   Δℰ_k = ℰ(t_{k+1}) − ℰ(t_k),
+with the scheduled weight of Eq. (12), w(n) = 1 / (1 + exp((n − w_mean)/w_width)), n the
+number of environment steps taken so far, or a fixed w. With w = 0 the return telescopes
+to ℰ(τ) − ℰ(0) = ℰ(τ) (Eq. 10): the terminal ergotropy is the objective.
+
+Two forms, one physics:
+
+* :class:`ChargingVectorEnv` — B batteries stepped in lock-step with ONE ``backend.run``
+  call per step (the exact driver batches them and replays nothing: prefix cache);
+* :class:`ChargingEnv` — a :class:`gymnasium.Env` (B = 1), for third-party agents.
+
+Observation layout (float32), for N two-level systems:
+
+    energies      E_j                                      (N)
+    first_order   E_j, ⟨X_j⟩, ⟨Y_j⟩                         (3N)   [⟨X_j⟩ = ⟨Y_j⟩ ≡ 0: parity]
+    second_order  E_j, ⟨X_j⟩, ⟨Y_j⟩, ⟨α_i β_j⟩ (i < j)      (3N + 9 N(N−1)/2)
+    full_state    Re ψ, Im ψ on the parity sector          (2 d)   simulators only
+    …followed by  a_{k−1} rescaled to [−1, 1] and t_k/τ ∈ [0, 1].
+
+E_j = ω_j (1 − ⟨Z_j⟩)/2 replaces ⟨Z_j⟩ (same information, units of ω_0).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+
+from qhil.drivers import (Backend, Experiment, MeasurementSchedule, REGIMES, Result,
+                          UnsupportedError, ValidationError, create_backend)
+from qhil.drivers.propagate import invariant_sector
+
+from .dicke import ENV1, DickeBattery
+
+
+def scheduled_weight(n_step: float | np.ndarray, w_mean: float, w_width: float) -> float | np.ndarray:
+    """Eq. (12): w(n) = 1/(1 + exp((n − w_mean)/w_width)); ≈1 early, → 0 late."""
+    x = np.clip((np.asarray(n_step, dtype=float) - w_mean) / w_width, -700.0, 700.0)
+    w = 1.0 / (1.0 + np.exp(x))
+    return float(w) if np.ndim(w) == 0 else w
+
+
+class ChargingVectorEnv:
+    """B charging episodes stepped together, one ``backend.run`` call per step.
+
+    battery:    the :class:`DickeBattery` (default Env1, converged cutoff)
+    regime:     ``full_state`` | ``energies`` | ``first_order`` | ``second_order``
+    n_envs:     B, batteries stepped in lock-step (every episode has K steps)
+    tau:        total charging time τ (1/ω_0); K = ``n_steps``; Δt = τ/K
+    action_low, action_high: λ bounds (default ± the battery's coupling bound), units ω_0
+    weight:     fixed w of Eq. (11), or None for the schedule of Eq. (12)
+    w_mean, w_width: Eq. (12), in environment steps (counted over all B envs)
+    backend:    a backend or a spec string (default ``"statevector"``)
+    shots:      None for exact expectation values, else shots per setting (not full_state)
+
+    ``step(actions)`` returns ``(obs (B, D), rewards (B,), terminated (B,), truncated (B,),
+    info)`` with ``info`` a dict of arrays: ``energy``, ``ergotropy`` (at t_{k+1}),
+    ``tls_energies`` (B, N), ``delta_energy``, ``delta_ergotropy``, ``reward_terms`` (B, 2)
+    = [ΔE, Δℰ], ``weight``, ``k``. After the K-th step every episode terminates; call
+    :meth:`reset` to start the next ones.
+    """
+
+    def __init__(self, battery: DickeBattery | None = None, regime: str = "second_order",
+                 n_envs: int = 1, tau: float = 5.6, n_steps: int = 28,
+                 action_low: float | None = None, action_high: float | None = None,
+                 weight: float | None = None, w_mean: float = 40_000, w_width: float = 20_000,
+                 backend: Backend | str = "statevector", shots: int | None = None) -> None:
+        self.battery = battery if battery is not None else DickeBattery(omegas=ENV1)
+        if regime not in REGIMES:
+            raise ValidationError("regime", f"unknown regime {regime!r}", ", ".join(REGIMES))
+        if not (isinstance(n_envs, int) and n_envs >= 1):
+            raise ValidationError("n_envs", f"{n_envs!r}", "an integer ≥ 1")
+        if not (isinstance(n_steps, int) and n_steps >= 1):
+            raise ValidationError("n_steps", f"{n_steps!r}", "an integer ≥ 1")
+        if not (math.isfinite(tau) and tau > 0):
+            raise ValidationError("tau", f"{tau!r}", "a positive time")
+        self.regime, self.n_envs, self.tau, self.n_steps = regime, n_envs, float(tau), n_steps
+        self.dt = self.tau / n_steps
+        chan = self.battery.controls[0]
+        self.action_low = chan.lower if action_low is None else float(action_low)
+        self.action_high = chan.upper if action_high is None else float(action_high)
+        if not (chan.lower <= self.action_low < self.action_high <= chan.upper):
+            raise ValidationError("action bounds", f"[{self.action_low}, {self.action_high}]",
+                                  f"a sub-interval of [{chan.lower:g}, {chan.upper:g}]")
+        if weight is not None and not 0.0 <= weight <= 1.0:
+            raise ValidationError("weight", f"{weight!r}", "a number in [0, 1] or None (scheduled)")
+        self.weight, self.w_mean, self.w_width = weight, float(w_mean), float(w_width)
+        self.backend = create_backend(backend) if isinstance(backend, str) else backend
+        caps = self.backend.capabilities
+        if regime == "full_state" and not caps.full_state:
+            raise UnsupportedError(f"the full_state regime needs a simulator; the {self.backend.name} "
+                                   "driver returns no state vector")
+        self.has_density = caps.qubit_density
+        if not self.has_density and weight != 1.0:
+            raise UnsupportedError(f"the ergotropy reward needs the battery's state, which the "
+                                   f"{self.backend.name} driver does not return (no qubit_density); "
+                                   "use weight=1.0 (energy reward only) until tomography is available")
+        self.schedule = MeasurementSchedule(regime, final_only=True, shots=shots)
+        n = self.battery.n_qubits
+        self.labels = self.schedule.labels(n)
+        self._z_cols = [self.labels.index(f"Z{j}") for j in range(n)] if regime != "full_state" else []
+        self.sector = invariant_sector(self.battery) if regime == "full_state" else None
+        d_meas = 2 * len(self.sector) if regime == "full_state" else len(self.labels)
+        self.obs_dim = d_meas + 2
+        lo = np.full(self.obs_dim, -1.0, dtype=np.float32)
+        hi = np.full(self.obs_dim, 1.0, dtype=np.float32)
+        if regime != "full_state":                   # E_j ∈ [0, ω_j]
+            lo[:n] = 0.0
+            hi[:n] = np.asarray(self.battery.omegas, dtype=np.float32)
+        lo[-1] = 0.0                                 # t_k/τ ∈ [0, 1]
+        self.obs_low, self.obs_high = lo, hi
+        self.n_step = 0                              # environment steps so far (Eq. 12's n)
+        self._rng = np.random.default_rng()
+        self._controls = np.zeros((n_envs, 0))
+        self._energy = np.zeros(n_envs)
+        self._ergotropy = np.zeros(n_envs)
+
+    # -- physics → observation -------------------------------------------------------
+    def current_weight(self) -> float:
+        """The w of Eq. (11) in force now."""
+        return self.weight if self.weight is not None else scheduled_weight(self.n_step, self.w_mean, self.w_width)
+
+    def normalise(self, action: np.ndarray) -> np.ndarray:
+        """λ (units ω_0) → [−1, 1] (the inverse of Eq. 14's rescaling)."""
+        half, mid = 0.5 * (self.action_high - self.action_low), 0.5 * (self.action_high + self.action_low)
+        return (np.asarray(action, dtype=float) - mid) / half
+
+    def seed(self, seed: int | None) -> None:
+        """Seed the shot noise of the measurements (exact values need none)."""
+        self._rng = np.random.default_rng(seed)
+
+    def _measure(self, controls: np.ndarray) -> list[Result]:
+        exps = [Experiment(self.battery, c.reshape(-1, 1), self.dt, self.schedule) for c in controls]
+        seed = int(self._rng.integers(2**63)) if self.schedule.shots is not None else None
+        return self.backend.run(exps, seed=seed)
+
+    def _figures(self, results: list[Result]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(E_j (B, N), E (B,), ℰ (B,)) at the measured step of each result."""
+        b = self.battery
+        if self.has_density:
+            rho = np.stack([r.qubit_density[-1] for r in results])
+            e_j = b.energies(rho)
+            return e_j, e_j.sum(-1), np.asarray(b.ergotropy(rho), dtype=float)
+        z = np.stack([r.values[-1, self._z_cols] for r in results])
+        e_j = b.tls_energies_from_z(z)
+        return e_j, e_j.sum(-1), np.full(len(results), np.nan)
+
+    def _observe(self, results: list[Result], k: int) -> np.ndarray:
+        if self.regime == "full_state":
+            psi = np.stack([r.state[-1][self.sector] for r in results])
+            meas = np.concatenate([psi.real, psi.imag], axis=1)
+        else:
+            meas = np.stack([r.values[-1] for r in results]).astype(float)
+            meas[:, :len(self._z_cols)] = self.battery.tls_energies_from_z(meas[:, self._z_cols])
+        prev = self._controls[:, -1] if k > 0 else np.zeros(self.n_envs)   # a_{−1} := 0
+        extra = np.stack([self.normalise(prev), np.full(self.n_envs, k / self.n_steps)], axis=1)
+        obs = np.concatenate([meas, extra], axis=1).astype(np.float32)
+        return np.clip(obs, self.obs_low, self.obs_high)
+
+    # -- the episode -------------------------------------------------------------------
+    @property
+    def k(self) -> int:
+        """Steps taken in the current episodes."""
+        return int(self._controls.shape[1])
+
+    @property
+    def controls(self) -> np.ndarray:
+        """(B, k) the protocols played so far, units ω_0."""
+        return self._controls.copy()
+
+    def reset(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Start B episodes from |g…g⟩⊗|N⟩: the k = 0 measurement."""
+        self._controls = np.zeros((self.n_envs, 0))
+        results = self._measure(self._controls)
+        e_j, e, erg = self._figures(results)
+        self._energy, self._ergotropy = e, erg
+        return self._observe(results, 0), {"energy": e, "ergotropy": erg, "tls_energies": e_j}
+
+    def step(self, actions: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                   np.ndarray, dict[str, np.ndarray]]:
+        """Apply λ = ``actions`` (B,) for Δt to every battery; one backend call."""
+        if self.k >= self.n_steps:
+            raise RuntimeError("the episodes have ended (K steps taken): call reset()")
+        a = np.asarray(actions, dtype=float).reshape(self.n_envs)
+        if not np.all(np.isfinite(a)):
+            raise ValidationError("actions", "contain non-finite values")
+        a = np.clip(a, self.action_low, self.action_high)
+        self._controls = np.concatenate([self._controls, a[:, None]], axis=1)
+        results = self._measure(self._controls)
+        e_j, e, erg = self._figures(results)
+        d_e, d_erg = e - self._energy, erg - self._ergotropy
+        w = self.current_weight()
+        reward = w * d_e + (1.0 - w) * (d_erg if self.has_density else 0.0)
+        self._energy, self._ergotropy = e, erg
+        self.n_step += self.n_envs
+        done = np.full(self.n_envs, self.k == self.n_steps)
+        info = {"energy": e, "ergotropy": erg, "tls_energies": e_j, "delta_energy": d_e,
+                "delta_ergotropy": d_erg, "reward_terms": np.stack([d_e, d_erg], axis=1),
+                "weight": np.full(self.n_envs, w), "k": np.full(self.n_envs, self.k)}
+        return self._observe(results, self.k), reward, done, np.zeros(self.n_envs, bool), info
+
+
+class ChargingEnv(gym.Env):
+    """The charging task as a :class:`gymnasium.Env` (one battery); see :class:`ChargingVectorEnv`
+    for the parameters. The action is λ itself, a (1,) array in [λ_min, λ_max] (units ω_0).
+
+    ``reset(seed=s)`` restarts the environment: it reseeds the shot noise and sets Eq. (12)'s
+    step counter back to 0, so that a seeded episode is reproducible (``check_env``).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.pop("n_envs", None)
+        self.core = ChargingVectorEnv(n_envs=1, **kwargs)
+        c = self.core
+        self.observation_space = gym.spaces.Box(c.obs_low, c.obs_high, dtype=np.float32)
+        self.action_space = gym.spaces.Box(np.float32(c.action_low), np.float32(c.action_high),
+                                           shape=(1,), dtype=np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        if seed is not None:      # a seeded reset restarts the environment, Eq. (12)'s counter too
+            self.core.n_step = 0
+            self.core.seed(seed)
+        obs, info = self.core.reset()
+        return obs[0], {k: v[0] for k, v in info.items()}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        obs, r, term, trunc, info = self.core.step(np.asarray(action, dtype=float).reshape(1))
+        return obs[0], float(r[0]), bool(term[0]), bool(trunc[0]), {k: v[0] for k, v in info.items()}
+
+
+def make_charging_env(env: str = "env1", regime: str = "second_order", **kwargs: Any) -> ChargingVectorEnv:
+    """A :class:`ChargingVectorEnv` for a named disorder realisation (env1, env2, env3)."""
+    from .dicke import ENVIRONMENTS
+    if env not in ENVIRONMENTS:
+        raise ValidationError("env", f"unknown environment {env!r}", ", ".join(ENVIRONMENTS))
+    return ChargingVectorEnv(battery=DickeBattery(omegas=ENVIRONMENTS[env]), regime=regime, **kwargs)

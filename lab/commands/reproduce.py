@@ -1,0 +1,267 @@
+"""``qhil reproduce table1``: seed 000's Table 1 (and Figs. 1–2), resumable.
+
+    nice -n 10 qhil reproduce table1 --jobs 2                             # start or resume
+    qhil reproduce table1 --report-only                                  # tables/figures so far
+
+3 environments × 4 observation regimes × 5 seeds of ``qhil train``, ``--jobs`` at a time as
+separate processes on this machine. Each run records its episodes in
+``<work-dir>/runs.sqlite`` and checkpoints to ``<work-dir>/<run>.pt``; a killed reproduction
+is resumed by running the same command again (finished runs are skipped, unfinished ones
+continue from their last checkpoint). The GRAPE ceilings come from
+``docs/results/grape_<env>.json`` (computed with ``qhil grape`` first if missing).
+
+Writes ``docs/results/table1.csv`` (env, regime, mean, ci_half_width, n_seeds,
+grape_ceiling, deterministic_mean): ``mean`` is the paper's metric — the best terminal
+ergotropy explored during training, averaged over finished seeds, with a 95% Student-t
+half-width; ``deterministic_mean`` averages the trained policies' deterministic episodes.
+Figures: ``fig1_learning_curves.png`` (EMA γ_G = 0.9 of the return, mean ± std over seeds)
+and ``fig2_best_protocols.png`` (Env1: best protocol per regime and its ergotropy).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ENVS = ["env1", "env2", "env3"]
+REGIMES = ["second_order", "full_state", "energies", "first_order"]   # run order: the key comparison first
+#: Seed 000, Table 1: (mean, CI half-width).
+PAPER = {
+    ("env1", "full_state"): (4.0445, 0.0323), ("env2", "full_state"): (2.8357, 0.0235),
+    ("env3", "full_state"): (3.3777, 0.0235),
+    ("env1", "energies"): (3.8496, 0.0459), ("env2", "energies"): (2.6757, 0.0902),
+    ("env3", "energies"): (3.0938, 0.1648),
+    ("env1", "first_order"): (3.8984, 0.0326), ("env2", "first_order"): (2.6548, 0.0516),
+    ("env3", "first_order"): (3.0585, 0.0519),
+    ("env1", "second_order"): (3.9683, 0.0139), ("env2", "second_order"): (2.7260, 0.0575),
+    ("env3", "second_order"): (3.1966, 0.0397),
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("reproduce", help="reproduce a table of seed 000 (resumable)")
+    s.add_argument("what", choices=["table1"])
+    s.add_argument("--jobs", type=int, default=2, help="training processes at a time")
+    s.add_argument("--seeds", type=int, default=5)
+    s.add_argument("--envs", default=",".join(ENVS))
+    s.add_argument("--regimes", default=",".join(REGIMES))
+    s.add_argument("--total-steps", type=int, default=30_000, help="environment steps per run (resume with the same value)")
+    s.add_argument("--config", type=Path, default=None, help="SAC options file passed to every run")
+    s.add_argument("--train-args", default="", help="extra flags for every `qhil train`, e.g. '--hidden 256,256'")
+    s.add_argument("--work-dir", type=Path, default=Path("runs/table1"))
+    s.add_argument("--out-dir", type=Path, default=Path("docs/results"))
+    s.add_argument("--report-only", action="store_true", help="only aggregate what has finished")
+    s.set_defaults(func=run)
+
+
+def _run_name(env: str, regime: str, seed: int) -> str:
+    return f"{env}/{regime}/seed{seed}"
+
+
+def _summary_path(work: Path, run: str) -> Path:
+    return work / "summaries" / (run.replace("/", "_") + ".json")
+
+
+def run(args: argparse.Namespace) -> int:
+    envs, regimes = args.envs.split(","), args.regimes.split(",")
+    work, out = args.work_dir, args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        jobs = [(e, r, s) for s in range(args.seeds) for e in envs for r in regimes]
+        _run_jobs(jobs, args, work)
+        for env in envs:                 # ceilings last: training is the long part
+            _ensure_grape(env, out)
+    rows = write_table(envs, regimes, work, out, args.seeds)
+    print_table(rows)
+    print_unfinished(work)
+    write_figures(envs, regimes, work, out, args.seeds)
+    return 0
+
+
+def _ensure_grape(env: str, out: Path) -> None:
+    path = out / f"grape_{env}.json"
+    if not path.exists():
+        subprocess.run([sys.executable, "-m", "qhil.lab.cli", "grape", "--env", env, "--starts", "10",
+                        "--out", str(path)], check=True)
+
+
+def _run_jobs(jobs: list[tuple[str, str, int]], args: argparse.Namespace, work: Path) -> None:
+    """Run the unfinished jobs, ``args.jobs`` processes at a time (each resumes its checkpoint)."""
+    pending = [j for j in jobs if not _summary_path(work, _run_name(*j)).exists()]
+    print(f"table1: {len(jobs) - len(pending)} of {len(jobs)} runs already finished; "
+          f"{len(pending)} to go, {args.jobs} at a time (work dir {work})", file=sys.stderr)
+    running: list[tuple[subprocess.Popen, str]] = []
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            env, regime, seed = pending.pop(0)
+            name = _run_name(env, regime, seed)
+            cmd = [sys.executable, "-m", "qhil.lab.cli", "train", "--env", env, "--regime", regime,
+                   "--seed", str(seed), "--total-steps", str(args.total_steps), "--run-dir", str(work),
+                   "--no-progress", "--json", str(_summary_path(work, name))]
+            if args.config is not None:
+                cmd += ["--config", str(args.config)]
+            cmd += args.train_args.split()
+            log = open(work / "logs" / (name.replace("/", "_") + ".log"), "a")
+            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), name))
+            print(f"[{time.time() - t0:7.0f} s] started {name}", file=sys.stderr)
+        time.sleep(2.0)
+        for p, name in list(running):
+            if p.poll() is not None:
+                running.remove((p, name))
+                status = "finished" if p.returncode == 0 else f"FAILED (exit {p.returncode}, see logs)"
+                print(f"[{time.time() - t0:7.0f} s] {status} {name}", file=sys.stderr)
+
+
+def _summaries(envs: list[str], regimes: list[str], work: Path, n_seeds: int) -> dict[tuple[str, str], list[dict]]:
+    out: dict[tuple[str, str], list[dict]] = {}
+    for env in envs:
+        for regime in regimes:
+            out[(env, regime)] = [json.loads(p.read_text()) for s in range(n_seeds)
+                                  if (p := _summary_path(work, _run_name(env, regime, s))).exists()]
+    return out
+
+
+def t_half_width(x: list[float], level: float = 0.95) -> float:
+    """Half-width of the Student-t confidence interval of the mean (NaN for one value)."""
+    from scipy.stats import t
+    n = len(x)
+    if n < 2:
+        return float("nan")
+    return float(t.ppf(0.5 + level / 2, n - 1) * np.std(x, ddof=1) / math.sqrt(n))
+
+
+def write_table(envs: list[str], regimes: list[str], work: Path, out: Path, n_seeds: int) -> list[dict[str, Any]]:
+    rows = []
+    for (env, regime), runs in _summaries(envs, regimes, work, n_seeds).items():
+        best = [r["best_explored"]["ergotropy"] for r in runs]
+        det = [r["deterministic"]["ergotropy"] for r in runs]
+        g = out / f"grape_{env}.json"
+        rows.append({"env": env, "regime": regime, "mean": float(np.mean(best)) if best else float("nan"),
+                     "ci_half_width": t_half_width(best), "n_seeds": len(best),
+                     "grape_ceiling": json.loads(g.read_text())["ergotropy"] if g.exists() else float("nan"),
+                     "deterministic_mean": float(np.mean(det)) if det else float("nan")})
+    with open(out / "table1.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(f"{'env':5} {'regime':13} {'best explored (ours)':>22} {'paper':>17} {'n':>2} "
+          f"{'GRAPE':>7} {'%GRAPE':>7} {'deterministic':>13}")
+    for r in rows:
+        pm, pc = PAPER.get((r["env"], r["regime"]), (float("nan"), float("nan")))
+        pct = 100 * r["mean"] / r["grape_ceiling"] if r["grape_ceiling"] == r["grape_ceiling"] else float("nan")
+        print(f"{r['env']:5} {r['regime']:13} {r['mean']:10.4f} ± {r['ci_half_width']:<8.4f}  "
+              f"{pm:7.4f} ± {pc:<6.4f} {r['n_seeds']:2d} {r['grape_ceiling']:7.4f} {pct:6.1f}% "
+              f"{r['deterministic_mean']:13.4f}")
+
+
+def print_unfinished(work: Path) -> None:
+    """Runs still training (not in the table): steps so far and best explored ergotropy so far."""
+    db = work / "runs.sqlite"
+    if not db.exists():
+        return
+    from qhil.agents.runstore import RunStore
+    store = RunStore(db)
+    for name, v in sorted(store.runs().items()):
+        if v["status"] != "done":
+            ep = store.episodes(name)
+            if ep["step"]:
+                print(f"in progress: {name}: {ep['step'][-1]} of {v['config']['sac']['total_steps']} steps, "
+                      f"best explored so far {ep['best'][-1]:.4f}")
+    store.close()
+
+
+def _ema(x: np.ndarray, g: float = 0.9) -> np.ndarray:
+    """Ḡ_t = γ_G Ḡ_{t−1} + (1 − γ_G) G_t (seed 000, Sec. IV C), Ḡ_0 = G_0."""
+    out = np.empty(len(x))
+    acc = x[0] if len(x) else 0.0
+    for i, v in enumerate(x):
+        acc = g * acc + (1 - g) * v if i else v
+        out[i] = acc
+    return out
+
+
+def write_figures(envs: list[str], regimes: list[str], work: Path, out: Path, n_seeds: int) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from qhil.agents.runstore import RunStore
+    db = work / "runs.sqlite"
+    if not db.exists():
+        return
+    store = RunStore(db)
+    labels = {"full_state": r"$|\psi(t)\rangle$", "energies": r"$E_j$", "first_order": r"$E_j+\langle\sigma\rangle$",
+              "second_order": r"$E_j+\langle\sigma\rangle+\langle\sigma\sigma\rangle$"}
+    # every run in the store, finished or still training (the figures show progress too)
+    runs = store.runs()
+    by_cell = {(e, r): [name for name, v in sorted(runs.items())
+                        if v["config"].get("env") == e and v["config"].get("regime") == r]
+               for e in envs for r in regimes}
+    # Fig. 1: EMA learning curves
+    fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
+    for ax, env in zip(axes[0], envs):
+        for regime in regimes:
+            curves = [_ema(np.asarray(store.episodes(name)["ret"])) for name in by_cell[(env, regime)]]
+            curves = [c for c in curves if len(c)]
+            if not curves:
+                continue
+            n = min(len(c) for c in curves)
+            c = np.stack([c[:n] for c in curves])
+            m, s = c.mean(0), c.std(0)
+            ep = np.arange(n)
+            ax.plot(ep, m, label=f"{labels[regime]} ({len(curves)} runs)")
+            ax.fill_between(ep, m - s, m + s, alpha=0.25)
+        ax.set_title(env)
+        ax.set_xlabel("episode")
+        ax.set_ylabel("return (EMA, γ_G = 0.9)")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "fig1_learning_curves.png", dpi=120)
+    plt.close(fig)
+    # Fig. 2: best protocol per regime (Env1, or the first env) and its ergotropy trajectory
+    env = "env1" if "env1" in envs else envs[0]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for regime in regimes:
+        bests = [store.best(name) for name in by_cell[(env, regime)]]
+        bests = [b for b in bests if b is not None]
+        if not bests:
+            continue
+        b = max(bests, key=lambda x: x["ergotropy"])
+        lam = np.asarray(b["protocol"])
+        t = np.arange(len(lam) + 1) * 0.2
+        axes[0].step(t, np.append(lam, lam[-1]), where="post", label=f"{labels[regime]}")
+        axes[1].plot(t, b["trajectory"], marker=".", label=f"{labels[regime]}: {b['ergotropy']:.4f}")
+    g = out / f"grape_{env}.json"
+    if g.exists():
+        gr = json.loads(g.read_text())
+        lam = np.asarray(gr["protocol"])
+        t = np.arange(len(lam) + 1) * gr["tau"] / gr["n_steps"]
+        axes[0].step(t, np.append(lam, lam[-1]), where="post", color="k", ls="--", lw=1, label="GRAPE")
+        axes[1].axhline(gr["ergotropy"], color="k", ls="--", lw=1, label=f"GRAPE {gr['ergotropy']:.4f}")
+    axes[0].set_xlabel("t (1/ω_0)")
+    axes[0].set_ylabel("λ(t) (ω_0)")
+    axes[1].set_xlabel("t (1/ω_0)")
+    axes[1].set_ylabel("ergotropy (ω_0)")
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"{env}: best protocol per regime (best over seeds) and its ergotropy")
+    fig.tight_layout()
+    fig.savefig(out / "fig2_best_protocols.png", dpi=120)
+    plt.close(fig)
+    store.close()
