@@ -27,9 +27,13 @@ $(VENV)/.pkg-installed: $(DEPS) $(SOURCES)
 
 install: $(VENV)/.pkg-installed
 
+# The main job on the default embedded (exact statevector) backend: one protocol, then
+# about a minute of SAC charging the Env1 battery from second-order observables.
 demo: install
 	$(BIN)/qhil simulate --model dicke --omegas 0.8745,1.4507,1.2320,1.0987 --dt 0.2 \
 		--controls '0.3*28' --backend statevector --regime second_order --every 4
+	$(BIN)/qhil train --env env1 --regime second_order --backend statevector \
+		--total-steps 3000 --learning-starts 1000 --run-dir runs/demo
 
 test: install
 	$(BIN)/python -m pytest
