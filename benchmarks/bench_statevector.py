@@ -46,9 +46,10 @@ def qhil_steps_per_s(model: DickeBattery, controls: np.ndarray, repeats: int) ->
     for _ in range(repeats):
         backend.clear_cache()
         t0 = time.perf_counter()
-        for k in range(1, K + 1):
-            exps = [Experiment(model, controls[i, :1], DT, SCHEDULE) for i in range(B)] if k == 1 \
-                else [e.extend(controls[i, k - 1:k]) for i, e in enumerate(exps)]
+        exps = [Experiment(model, controls[i, :1], DT, SCHEDULE) for i in range(B)]
+        results = backend.run(exps)
+        for k in range(2, K + 1):
+            exps = [e.extend(controls[i, k - 1:k]) for i, e in enumerate(exps)]   # one more step each
             results = backend.run(exps)
         best = min(best, time.perf_counter() - t0)
     return B * K / best, results[0].values[-1]
