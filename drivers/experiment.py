@@ -47,6 +47,24 @@ def as_controls(model: Model, controls: Any, name: str = "controls") -> np.ndarr
     return arr
 
 
+def _one_row(model: Model, controls: Any) -> np.ndarray | None:
+    """Fast path of :func:`as_controls` for one step given as plain numbers (the RL hot path);
+    None when the input is anything else or out of bounds (the full check then reports it)."""
+    try:
+        values = [float(x) for x in np.ravel(controls)]
+    except (TypeError, ValueError):
+        return None
+    lo, hi, tol = model.control_bounds
+    if len(values) != len(lo):
+        return None
+    for v, a, b, t in zip(values, lo, hi, tol):
+        if not a - t <= v <= b + t:          # also rejects NaN
+            return None
+    row = np.clip(np.array([values]), lo, hi)
+    row.setflags(write=False)
+    return row
+
+
 @dataclass(frozen=True, eq=False)
 class Experiment:
     """Prepare ``model.initial_state()``, play ``controls`` (K steps of length ``dt``), measure
@@ -68,12 +86,14 @@ class Experiment:
 
     @property
     def n_steps(self) -> int:
-        return int(self.controls.shape[0])
+        return len(self.controls)
 
     def extend(self, controls: Any) -> "Experiment":
         """The same experiment with more control steps appended (only the new rows are
         validated): how an RL environment grows its episode one action at a time."""
-        new = as_controls(self.model, controls)
+        new = _one_row(self.model, controls)
+        if new is None:
+            new = as_controls(self.model, controls)
         if self.n_steps + new.shape[0] > MAX_STEPS:
             raise ValidationError("controls", f"would have {self.n_steps + new.shape[0]} steps",
                                   f"0..{MAX_STEPS} steps")
