@@ -35,9 +35,7 @@ def measure_density(rho: np.ndarray, labels: tuple[str, ...], settings: tuple[st
         values = np.real(rho.reshape(m, -1) @ _EXP_MATS[key].T)
         return values, np.zeros_like(values), None, settings
     counts = np.stack([sample_counts(outcome_probabilities(r, settings, assignment), shots, rng) for r in rho])
-    est = [estimate_from_counts(c, labels, settings, n_qubits) for c in counts]
-    values = np.stack([v for v, _ in est])
-    stderr = np.stack([s for _, s in est])
+    values, stderr = estimate_from_counts(counts, labels, settings, n_qubits)
     return values, stderr, counts, settings
 
 

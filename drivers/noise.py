@@ -38,7 +38,7 @@ from numba import njit
 from . import _validate as check
 from .errors import ValidationError
 from .model import Model
-from .propagate import invariant_blocks
+from .propagate import aux_pairs, invariant_blocks
 
 CHANNELS = ("bit_flip", "phase_flip", "depolarizing", "kraus")
 _PAULI = {"I": np.eye(2, dtype=complex), "X": np.array([[0, 1], [1, 0]], dtype=complex),
@@ -334,12 +334,7 @@ class _Block:
         aux = model.aux_dim
         self.qubit_index = idx // aux
         m = idx % aux
-        pa, pb = [], []
-        for level in np.unique(m):
-            pos = np.nonzero(m == level)[0]
-            pa.append(np.repeat(pos, len(pos)))
-            pb.append(np.tile(pos, len(pos)))
-        self.pa, self.pb = np.concatenate(pa), np.concatenate(pb)
+        self.pa, self.pb = aux_pairs(idx, aux)
         nq = 2 ** model.n_qubits
         self.flat = self.qubit_index[self.pa] * nq + self.qubit_index[self.pb]
         self.top = np.nonzero(m == aux - 1)[0]

@@ -77,6 +77,15 @@ def expectation_matrix(labels: Sequence[str], n_qubits: int) -> np.ndarray:
 
 # -- grouping into local settings ------------------------------------------------------
 
+@lru_cache(maxsize=32)
+def qubit_bits(n_qubits: int) -> np.ndarray:
+    """(2^n, n) table of the bits of each basis index, qubit 0 = most significant (read-only)."""
+    n = n_qubits
+    bits = (np.arange(2 ** n)[:, None] >> (n - 1 - np.arange(n))[None, :]) & 1
+    bits.flags.writeable = False
+    return bits
+
+
 def _covers(setting: str, factors: tuple[tuple[int, str], ...]) -> bool:
     return all(setting[q] == c for q, c in factors)
 
@@ -187,7 +196,7 @@ def outcome_probabilities(rho: np.ndarray, settings: Sequence[str],
 @lru_cache(maxsize=256)
 def _sign_tables(labels: tuple[str, ...], settings: tuple[str, ...], n: int) -> np.ndarray:
     """T[o, s, b] = eigenvalue (±1) of observable o for outcome b in setting s, 0 if s can't read o."""
-    bits = (np.arange(2 ** n)[:, None] >> (n - 1 - np.arange(n))[None, :]) & 1
+    bits = qubit_bits(n)
     table = np.zeros((len(labels), len(settings), 2 ** n))
     for o, lab in enumerate(labels):
         f = parse_pauli(lab, n)
@@ -199,16 +208,23 @@ def _sign_tables(labels: tuple[str, ...], settings: tuple[str, ...], n: int) -> 
     return table
 
 
+@lru_cache(maxsize=256)
+def _estimator(labels: tuple[str, ...], settings: tuple[str, ...], n: int) -> tuple[np.ndarray, np.ndarray]:
+    table = _sign_tables(labels, settings, n)
+    reads = ((np.abs(table) @ np.ones(2 ** n)) > 0).astype(float)     # (O, S): s reads o
+    table.flags.writeable = reads.flags.writeable = False
+    return table, reads
+
+
 def estimate_from_counts(counts: np.ndarray, labels: tuple[str, ...], settings: tuple[str, ...],
                          n_qubits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Means and standard errors of each label from counts (S, 2^n), pooling every setting
-    that can read a label. The standard error is the sample standard deviation of the ±1
-    outcomes over √(shots used)."""
-    table = _sign_tables(labels, settings, n_qubits)
-    used = np.abs(table) @ np.ones(2 ** n_qubits)             # (O, S): 2^n if s reads o else 0
-    shots = (used > 0).astype(float) @ counts.sum(axis=1)       # (O,)
-    total = np.einsum("osb,sb->o", table, counts)
-    mean = total / shots
+    """Means and standard errors (..., O) of each label from counts (..., S, 2^n), pooling
+    every setting that can read a label. The standard error is the sample standard deviation
+    of the ±1 outcomes over √(shots used). Leading axes (e.g. measured steps) are batched."""
+    table, reads = _estimator(tuple(labels), tuple(settings), n_qubits)
+    counts = np.asarray(counts, dtype=float)
+    shots = counts.sum(axis=-1) @ reads.T                       # (..., O)
+    mean = np.einsum("osb,...sb->...o", table, counts) / shots
     var = np.clip(1.0 - mean ** 2, 0.0, None) * shots / np.maximum(shots - 1, 1)
     return mean, np.sqrt(var / shots)
 

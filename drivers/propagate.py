@@ -43,6 +43,18 @@ def invariant_sector(model: Model) -> np.ndarray:
     return np.sort(np.concatenate(blocks))
 
 
+def aux_pairs(sector: np.ndarray, aux_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """All ordered pairs (a, b) of positions in ``sector`` whose basis states share an aux
+    index: the terms of Tr_aux |ψ⟩⟨ψ| (or of the qubits' reduced state of a sector block)."""
+    level = np.asarray(sector) % aux_dim
+    pa, pb = [], []
+    for m in np.unique(level):
+        pos = np.nonzero(level == m)[0]
+        pa.append(np.repeat(pos, len(pos)))
+        pb.append(np.tile(pos, len(pos)))
+    return np.concatenate(pa), np.concatenate(pb)
+
+
 def _spectral_bounds(ops: list[sp.csr_matrix], boxes: list[tuple[float, float]]) -> tuple[float, float]:
     """Interval holding the spectrum of H_0 + Σ u_k H_k for every u in the box.
 
@@ -118,15 +130,8 @@ class ChebyshevPropagator:
 
     @cached_property
     def _pairs(self) -> tuple[np.ndarray, ...]:
-        """Pairs of sector positions sharing an aux index, with their qubit indices."""
-        aux = self.model.aux_dim
-        q, a = self.sector // aux, self.sector % aux
-        pa, pb = [], []
-        for m in np.unique(a):
-            pos = np.nonzero(a == m)[0]
-            pa.append(np.repeat(pos, len(pos)))
-            pb.append(np.tile(pos, len(pos)))
-        pa, pb = np.concatenate(pa), np.concatenate(pb)
+        pa, pb = aux_pairs(self.sector, self.model.aux_dim)
+        q = self.sector // self.model.aux_dim
         return pa, pb, q[pa], q[pb]
 
     def qubit_density(self, psi: np.ndarray) -> np.ndarray:

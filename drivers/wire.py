@@ -18,7 +18,6 @@ import math
 import re
 import uuid
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -319,30 +318,3 @@ def raise_for_error(msg: Message) -> None:
         raise error("bad_request", f"malformed error reply: {msg.body!r}")
     raise BridgeError(str(e.get("code", "internal")), str(e.get("message", "")),
                       bool(e.get("retryable", False)), e.get("parameter"))
-
-
-@lru_cache(maxsize=256)
-def _estimator(labels: tuple[str, ...], settings: tuple[str, ...], n: int) -> tuple[np.ndarray, np.ndarray]:
-    from .pauli import _sign_tables
-    table = _sign_tables(labels, settings, n)
-    reads = ((np.abs(table) @ np.ones(2 ** n)) > 0).astype(float)     # (O, S): s reads o
-    table.flags.writeable = reads.flags.writeable = False
-    return table, reads
-
-
-def estimate(data: np.ndarray, labels: tuple[str, ...], settings: tuple[str, ...], n: int
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """Values and standard errors (M, O) of ``labels`` from counts or probabilities (M, S, 2^n)
-    of M measured steps: :func:`qhil.drivers.pauli.estimate_from_counts` step by step (the
-    same estimator and arithmetic), with its tables kept per (labels, settings, n). The two
-    ends use it: the client for its results, the server for the run log."""
-    table, reads = _estimator(tuple(labels), tuple(settings), n)
-    values = np.empty((len(data), len(labels)))
-    stderr = np.empty_like(values)
-    for m, counts in enumerate(data):
-        shots = reads @ counts.sum(axis=1)
-        mean = np.einsum("osb,sb->o", table, counts) / shots
-        var = np.maximum(1.0 - mean ** 2, 0.0) * shots / np.maximum(shots - 1, 1)   # = clip(·, 0, None)
-        values[m] = mean
-        stderr[m] = np.sqrt(var / shots)
-    return values, stderr

@@ -36,6 +36,7 @@ from . import wire
 from .backend import Backend, Capabilities
 from .errors import UnsupportedError, ValidationError
 from .experiment import Experiment, Result
+from .pauli import estimate_from_counts
 from .wire import BridgeError, BridgeTimeout, Message
 
 _SPEC = re.compile(r"^zmq://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
@@ -401,7 +402,7 @@ class ZmqBackend(Backend):
                               f"{expect} for settings {list(settings)}")
         if e.schedule.shots is not None and not np.all(data.sum(axis=2) == e.schedule.shots):
             raise BridgeError("bad_reply", f"result for {msg.id}: counts do not sum to the shots")
-        values, stderr = wire.estimate(data, labels, settings, n)
+        values, stderr = estimate_from_counts(data, labels, settings, n)
         if e.schedule.shots is None:
             stderr = np.zeros_like(values)
         meta = {"model": msg.body["model"], "dt": e.dt, "shots": e.schedule.shots, "n_steps": e.n_steps,

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from qhil.drivers import ControlChannel, Model, Result, register_model
 from qhil.drivers import _validate as check
+from qhil.drivers.pauli import qubit_bits
 
 from .figures import ergotropy
 
@@ -134,7 +135,7 @@ class DickeBattery(Model):
     def battery_levels(self) -> np.ndarray:
         """Diagonal of H_B = Σ_j ω_j |e_j⟩⟨e_j| on the 2^N qubit basis (qubit 0 = MSB)."""
         n = self.n_qubits
-        bits = (np.arange(2 ** n)[:, None] >> (n - 1 - np.arange(n))[None, :]) & 1
+        bits = qubit_bits(n)
         return bits @ np.asarray(self.omegas)
 
     def tls_energies_from_z(self, z: np.ndarray) -> np.ndarray:
@@ -145,7 +146,7 @@ class DickeBattery(Model):
         """Per-TLS energies E_j, shape (..., N), from qubit density matrices (..., 2^N, 2^N)."""
         n = self.n_qubits
         p = np.real(np.diagonal(rho, axis1=-2, axis2=-1))
-        bits = (np.arange(2 ** n)[:, None] >> (n - 1 - np.arange(n))[None, :]) & 1
+        bits = qubit_bits(n)
         return (p @ bits) * np.asarray(self.omegas)
 
     def energy(self, rho: np.ndarray) -> np.ndarray:

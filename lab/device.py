@@ -21,7 +21,7 @@ import numpy as np
 
 from qhil.drivers import ControlChannel, Model
 from qhil.drivers.measure import qubit_density
-from qhil.drivers.pauli import outcome_probabilities
+from qhil.drivers.pauli import outcome_probabilities, qubit_bits
 
 
 class DeviceFault(RuntimeError):
@@ -187,7 +187,7 @@ class EmulatorDevice(ModelDevice):
         ops = [h.toarray().astype(complex) for h in model.control_operators()]
         if self.frequency_drift > 0:          # |e_j⟩⟨e_j| ⊗ 1_aux for each qubit
             n, aux = model.n_qubits, model.aux_dim
-            bits = (np.arange(2 ** n)[:, None] >> (n - 1 - np.arange(n))[None, :]) & 1
+            bits = qubit_bits(n)
             ops += [np.diag(np.repeat(bits[:, j], aux).astype(complex)) for j in range(n)]
         self._solver = Solver(static_hamiltonian=h0, hamiltonian_operators=ops)
         self._psi0 = model.initial_state()

@@ -38,7 +38,7 @@ import zmq
 from qhil.drivers import MeasurementSchedule
 from qhil.drivers import wire
 from qhil.drivers.model import BOUND_TOLERANCE
-from qhil.drivers.pauli import parse_pauli
+from qhil.drivers.pauli import estimate_from_counts, parse_pauli
 from qhil.drivers.wire import BridgeError, Message, error
 
 from .device import PulseDevice
@@ -593,7 +593,7 @@ class LabServer:
         results = None
         labels = job.body.get("labels")
         if labels:
-            values, stderr = wire.estimate(data, tuple(labels), job.settings, dev.n_qubits)
+            values, stderr = estimate_from_counts(data, tuple(labels), job.settings, dev.n_qubits)
             if job.shots is None:
                 stderr = np.zeros_like(stderr)
             results = {"labels": labels, "values": values.tolist(), "stderr": stderr.tolist()}

@@ -557,7 +557,7 @@ def test_emulator_prefix_replay_equals_one_solve(emulators):
 # -- the fast paths give the same answers as the general code (in process, no sockets) --------
 
 def test_shared_estimator_matches_estimate_from_counts():
-    """wire.estimate (both ends) is estimate_from_counts step by step, to the last bit."""
+    """The batched estimator both ends use equals estimate_from_counts step by step, to the last bit."""
     from qhil.drivers.pauli import estimate_from_counts
     rng = np.random.default_rng(1)
     for obs, n, shots in [("energies", 3, 100), ("second_order", 3, 1000), ("first_order", 2, None),
@@ -570,7 +570,7 @@ def test_shared_estimator_matches_estimate_from_counts():
                              for _ in range(shape[0])])
         else:
             data = rng.dirichlet(np.ones(2 ** n), size=shape)
-        values, stderr = wire.estimate(data, labels, settings, n)
+        values, stderr = estimate_from_counts(data, labels, settings, n)
         for m, d in enumerate(data):
             v, e = estimate_from_counts(d, labels, settings, n)
             assert np.array_equal(values[m], v) and np.array_equal(stderr[m], e)
