@@ -57,7 +57,7 @@ class SoftQ(nn.Module):
         self.net = mlp(obs_dim + act_dim, hidden, 1)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, act], dim=-1)).squeeze(-1)
+        return self.net(torch.cat([obs, act], dim=-1)).squeeze(-1).float()
 
 
 class Actor(nn.Module):
@@ -71,9 +71,9 @@ class Actor(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = F.relu(self.body(obs))
-        log_std = torch.tanh(self.log_std(h))
+        log_std = torch.tanh(self.log_std(h).float())
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
-        return self.mu(h), log_std
+        return self.mu(h).float(), log_std.float()
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """a ~ π(·|s) (reparametrised) and log π(a|s), including the tanh Jacobian."""
@@ -115,9 +115,9 @@ class SAC:
         for p in list(self.q1_targ.parameters()) + list(self.q2_targ.parameters()):
             p.requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(config.alpha_init), requires_grad=True)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.lr)
-        self.q_opt = torch.optim.Adam(list(self.q1.parameters()) + list(self.q2.parameters()), lr=config.lr)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=config.lr)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.lr, fused=True)
+        self.q_opt = torch.optim.Adam(list(self.q1.parameters()) + list(self.q2.parameters()), lr=config.lr, fused=True)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=config.lr, fused=True)
         self.n_updates = 0
 
     # -- acting ----------------------------------------------------------------------
@@ -157,7 +157,15 @@ class SAC:
             return rewards + self.cfg.gamma * (1.0 - dones) * (q_next - self.log_alpha.exp() * logp2)
 
     def update(self, batch: dict[str, np.ndarray], step: int) -> dict[str, float]:
-        """One gradient step on critics, actor and temperature; then the Polyak update."""
+        """One gradient step on critics, actor and temperature; then the Polyak update.
+
+        With ``precision="bf16"`` the network layers run in bfloat16 under autocast (weights,
+        optimiser state and all losses stay float32): about 2× faster on CPUs with AVX-512 BF16.
+        """
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+            return self._update(batch, step)
+
+    def _update(self, batch: dict[str, np.ndarray], step: int) -> dict[str, float]:
         obs = torch.as_tensor(batch["obs"])
         act = torch.as_tensor(batch["actions"])
         y = self.critic_target(torch.as_tensor(batch["rewards"]), torch.as_tensor(batch["next_obs"]),
@@ -190,8 +198,7 @@ class SAC:
         with torch.no_grad():
             rho = self.cfg.polyak
             for net, targ in ((self.q1, self.q1_targ), (self.q2, self.q2_targ)):
-                for p, pt in zip(net.parameters(), targ.parameters()):
-                    pt.mul_(rho).add_(p, alpha=1.0 - rho)
+                torch._foreach_lerp_(list(targ.parameters()), list(net.parameters()), 1.0 - rho)
         self.n_updates += 1
         return {"q_loss": q_loss.item(), "actor_loss": actor_loss.item(), "alpha": float(alpha),
                 "entropy": -logp.detach().mean().item(), "target_entropy": h_target}

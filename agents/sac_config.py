@@ -36,6 +36,11 @@ class SACConfig:
     reference_steps: int = 100_000   # run length the step schedules above are written for
     total_steps: int = 100_000       # length of this run
     seed: int = 0
+    precision: str = "fp32"          # "bf16": layers in bfloat16 autocast for the updates (ours)
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
 
     def scaled(self) -> "SACConfig":
         """The step schedules (w_mean, w_width, entropy_decay) scaled to ``total_steps``."""

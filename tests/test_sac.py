@@ -262,3 +262,23 @@ def test_train_and_reproduce_commands(tmp_path):
     mtime = (tmp_path / "work" / "summaries" / "env1_energies_seed0.json").stat().st_mtime
     assert main(argv) == 0                                       # resumed: nothing re-run
     assert (tmp_path / "work" / "summaries" / "env1_energies_seed0.json").stat().st_mtime == mtime
+
+
+def test_bf16_updates_track_fp32_and_bad_precision_is_refused():
+    """precision="bf16": same update in bfloat16 layers; losses agree with fp32 to ~1 %."""
+    with pytest.raises(ValueError, match="precision"):
+        SACConfig(precision="fp16")
+    rng = np.random.default_rng(1)
+    B = 256
+    batch = {"obs": rng.normal(size=(B, 6)).astype(np.float32),
+             "actions": rng.uniform(-1, 1, (B, 1)).astype(np.float32),
+             "rewards": rng.normal(size=B).astype(np.float32),
+             "next_obs": rng.normal(size=(B, 6)).astype(np.float32), "dones": np.zeros(B, np.float32)}
+    stats = {}
+    for precision in ("fp32", "bf16"):
+        agent = SAC(6, -0.3, 0.3, SACConfig(seed=3, precision=precision))
+        stats[precision] = agent.update(batch, 0)
+        assert all(p.dtype == torch.float32 for p in agent.actor.parameters())
+    for key in ("q_loss", "actor_loss", "entropy"):
+        assert stats["bf16"][key] == pytest.approx(stats["fp32"][key], rel=3e-2, abs=1e-3)
+    assert stats["bf16"]["q_loss"] != stats["fp32"]["q_loss"]      # bf16 really ran
