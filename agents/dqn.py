@@ -13,8 +13,9 @@ Read top to bottom: the hyperparameters (Table I), the Q-network, acting, one up
   (α1, α2, α3) given to the agent (:meth:`DQN.reward_weights`).
 
 The agent follows the contract of :mod:`qhil.agents.training` (``cfg``, ``rng``, ``act``,
-``random_action``, ``to_normalised``, ``reward_weights``, ``update``, ``state_dict`` /
-``load_state_dict``); actions are pattern indices, stored as one float per transition.
+``random_action``, ``to_normalised``, ``reward_weights``, ``update``, ``observe`` (ε decay),
+``state_dict`` / ``load_state_dict``) and is trained by :func:`qhil.agents.training.train`;
+actions are pattern indices, stored as one float per transition.
 Defaults not in Table I (ours): hidden layers (64, 64), ReLU; updates start once the buffer
 holds one batch; one update per environment step; gradient norm clipped at 10.
 """
@@ -112,6 +113,13 @@ class DQN:
     def end_step(self) -> None:
         """ε ← max(ε_min, ε × decay), once per environment step."""
         self.eps = max(self.cfg.eps_min, self.eps * self.cfg.eps_decay)
+
+    def observe(self, obs: np.ndarray, actions: np.ndarray, terms: np.ndarray, next_obs: np.ndarray,
+                dones: np.ndarray, step: int) -> dict[str, float]:
+        """The training loop's hook after each (vector) step: decay ε once per environment."""
+        for _ in range(len(obs)):
+            self.end_step()
+        return {"eps": self.eps}
 
     def reward_weights(self, step: int) -> np.ndarray:
         return self._weights

@@ -1,32 +1,43 @@
-"""Shared training machinery for the off-policy agents (SAC now; DDPG and DQN later).
+"""Shared training machinery for every agent: SAC on the charging battery (seed 000); DQN,
+Bootstrapped DQN, DDPG, PPO and the DQN+PPO ensemble on the supply chain (seed 004).
 
-* :func:`train_off_policy` — the loop: warm-up with random actions, one batch of updates
-  per vector step, episodes recorded in a :class:`~qhil.agents.runstore.RunStore`,
-  checkpoints for resume, a tqdm bar with live figures.
+* :func:`train` — the one loop skeleton: episodes of an environment *adapter*, actions from
+  the agent (uniformly random during an off-policy warm-up), transitions into the one
+  :class:`~qhil.agents.replay.ReplayBuffer` and replay updates for off-policy agents, an
+  ``observe`` hook after every step (ε decay, PPO's rollout and its update when full, the
+  ensemble's bookkeeping), episodes recorded in a :class:`~qhil.agents.runstore.RunStore`,
+  atomic checkpoints for resume, a tqdm bar with live figures.
+* :func:`train_off_policy` — the charging vector env's case of :func:`train` (unchanged API).
+* :class:`ChargingEpisodes` / :class:`GymEpisodes` — the two adapters: a
+  :class:`~qhil.envs.charging.ChargingVectorEnv` (lock-step episodes, ergotropy figures) and
+  any single gymnasium env with ``info["reward_terms"]`` (the supply chain: fidelity figures).
 * :func:`save_checkpoint` / :func:`load_checkpoint` — atomic (write, fsync, rename).
-* :func:`evaluate` — the one evaluation path, reporting two different numbers:
+* :func:`evaluate` — the one evaluation path. On the charging env it reports two numbers:
     - ``deterministic``: the trained policy's deterministic episode (mean action), its
       terminal ergotropy and protocol;
     - ``best_explored``: the best terminal ergotropy among ALL episodes played during
       training (the paper's Table 1 metric, "best value attained"), and its protocol.
+  On a gymnasium env (the supply chain) it plays the deterministic policy on given seeds
+  and returns the mean return and the env's figures per episode.
 
-An agent plugs in by providing: ``act(obs, deterministic)`` and ``random_action(n)`` in
-env units, ``to_normalised(λ)`` (the stored action), ``reward_weights(step)`` (weights of
-the env's ``reward_terms``), ``update(batch, step) -> dict``, ``state_dict()`` /
-``load_state_dict()``, ``rng`` (numpy Generator) and ``cfg`` with ``batch_size``,
-``buffer_size``, ``learning_starts``, ``updates_per_step``, ``total_steps``.
-
-The environment is a vector env with the API of
-:class:`~qhil.envs.charging.ChargingVectorEnv` (lock-step episodes of fixed length, info
-with ``reward_terms``, ``energy``, ``ergotropy``).
+An agent plugs in by providing: ``act(obs, deterministic)`` (a batch (n, D) → (n, act_dim),
+env units), ``state_dict()`` / ``load_state_dict()``, ``rng`` (numpy Generator) and ``cfg``
+with ``total_steps``. Off-policy agents (``uses_replay = True``, the default) also provide
+``random_action(n)``, ``to_normalised(a)`` (the stored action row), ``reward_weights(step)``
+(weights of the env's ``reward_terms``), ``update(batch, step) -> dict``, ``act_dim``,
+``n_reward_terms`` and ``cfg.batch_size``, ``buffer_size``, ``learning_starts``,
+``updates_per_step``. Optional hooks: ``begin_episode()`` (e.g. Bootstrapped DQN picks a
+head) and ``observe(obs, actions, terms, next_obs, dones, step) -> dict | None`` after every
+environment step (on-policy agents learn here).
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -41,21 +52,22 @@ class TrainState:
 
     step: int = 0                # environment steps taken (all envs)
     episode: int = 0             # episodes finished (all envs)
-    best: float = -np.inf        # best terminal ergotropy explored so far
+    best: float = -np.inf        # best terminal ergotropy (charging) / return (gym) so far
     best_protocol: list[float] = field(default_factory=list)
     best_trajectory: list[float] = field(default_factory=list)
     wall: float = 0.0            # seconds spent training (summed over resumes)
     updates: int = 0
 
 
-def save_checkpoint(path: str | Path, agent: Any, buffer: ReplayBuffer, state: TrainState,
+def save_checkpoint(path: str | Path, agent: Any, buffer: ReplayBuffer | None, state: TrainState,
                     env: Any) -> None:
-    """Atomic checkpoint: a crash leaves the previous one intact."""
+    """Atomic checkpoint: a crash leaves the previous one intact. ``buffer`` is None for
+    on-policy agents (their rollout is part of the agent's state)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    blob = {"agent": agent.state_dict(), "buffer": buffer.state_dict(), "state": state.__dict__,
-            "env_n_step": env.n_step}
+    blob = {"agent": agent.state_dict(), "buffer": None if buffer is None else buffer.state_dict(),
+            "state": state.__dict__, "env_n_step": env.n_step}
     with open(tmp, "wb") as f:
         torch.save(blob, f)
         f.flush()
@@ -63,7 +75,7 @@ def save_checkpoint(path: str | Path, agent: Any, buffer: ReplayBuffer, state: T
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path, agent: Any, buffer: ReplayBuffer, env: Any) -> TrainState:
+def load_checkpoint(path: str | Path, agent: Any, buffer: ReplayBuffer | None, env: Any) -> TrainState:
     blob = torch.load(path, weights_only=False)
     saved, now = blob["agent"].get("config"), getattr(agent.cfg, "to_dict", lambda: None)()
     diff = {} if saved is None or now is None else {
@@ -73,16 +85,271 @@ def load_checkpoint(path: str | Path, agent: Any, buffer: ReplayBuffer, env: Any
         raise ValueError(f"checkpoint {path} was written with other settings (saved, now): {diff}; "
                          "resume with the same options or use another run directory")
     agent.load_state_dict(blob["agent"])
-    buffer.load_state_dict(blob["buffer"])
+    if buffer is not None:
+        buffer.load_state_dict(blob["buffer"])
     env.n_step = blob["env_n_step"]
     return TrainState(**blob["state"])
+
+
+class ChargingEpisodes:
+    """The charging vector env (:class:`~qhil.envs.charging.ChargingVectorEnv`) as :func:`train`
+    sees it: rounds of ``n_envs`` lock-step episodes; rows of return, terminal energy and
+    ergotropy; the best terminal ergotropy explored and its protocol. The env's reward weight
+    follows the agent's schedule (``cfg.w_mean``, ``cfg.w_width``) when the agent has one."""
+
+    best_key = "ergotropy"
+
+    def __init__(self, env: Any) -> None:
+        self.env = env
+        self.n_envs, self.obs_dim, self.episode_steps = env.n_envs, env.obs_dim, env.n_steps
+
+    @property
+    def n_step(self) -> int:
+        return self.env.n_step
+
+    @n_step.setter
+    def n_step(self, value: int) -> None:
+        self.env.n_step = value
+
+    def prepare(self, agent: Any) -> None:
+        cfg, env = agent.cfg, self.env
+        env.w_mean, env.w_width = getattr(cfg, "w_mean", env.w_mean), getattr(cfg, "w_width", env.w_width)
+        env.weight = None if hasattr(cfg, "w_mean") else env.weight
+
+    def reset(self, episode: int) -> np.ndarray:
+        obs, _ = self.env.reset()
+        self._traj = [np.zeros(self.n_envs)]
+        return obs
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        next_obs, reward, done, trunc, info = self.env.step(actions[:, 0])
+        self._traj.append(info["ergotropy"])
+        self._info = info
+        return next_obs, reward, done, trunc, info
+
+    def finish(self, state: TrainState, ret: np.ndarray, agent: Any) -> tuple[list[dict], dict | None]:
+        """Rows for the run store (advancing ``state.episode``) and the new best, if any."""
+        info, protocols = self._info, self.env.controls
+        traj_arr = np.stack(self._traj, axis=1)
+        rows, new_best = [], None
+        for i in range(self.n_envs):
+            erg = float(info["ergotropy"][i])
+            if erg > state.best:
+                state.best = erg
+                state.best_protocol = protocols[i].tolist()
+                state.best_trajectory = traj_arr[i].tolist()
+                new_best = {"ergotropy": erg, "episode": state.episode, "protocol": state.best_protocol,
+                            "trajectory": state.best_trajectory}
+            rows.append({"episode": state.episode, "step": state.step, "ret": float(ret[i]),
+                         "energy": float(info["energy"][i]), "ergotropy": erg, "best": state.best,
+                         "weight": float(info["weight"][i])})
+            state.episode += 1
+        return rows, new_best
+
+    def postfix(self, row: dict, state: TrainState, stats: dict) -> dict:
+        return dict(ep=state.episode, ret=f"{row['ret']:.3f}", erg=f"{row['ergotropy']:.3f}",
+                    best=f"{state.best:.4f}", w=f"{row['weight']:.2f}",
+                    alpha=f"{stats.get('alpha', float('nan')):.2e}")
+
+
+class GymEpisodes:
+    """A single gymnasium env whose ``info`` carries ``reward_terms`` (reward = terms · weights),
+    e.g. :class:`~qhil.envs.supply_chain.SupplyChainEnv`, as :func:`train` sees it.
+
+    Episode e is played from ``reset(seed=seed + e)``, so a resumed run replays the same
+    episodes. Each episode's row in the run store holds the return, ``best`` = the best
+    return so far and ``weight`` = the agent's ``omega`` (the ensemble's ω_dqn) if it has one.
+    The store's two figure columns are filled with the env's headline figures — on the supply
+    chain ``energy`` ← mean fidelity over the episode, ``ergotropy`` ← final fidelity — and
+    every figure of :meth:`figures` is kept by name in the store's ``episode_figures`` table.
+    """
+
+    best_key = "return"
+
+    def __init__(self, env: Any, seed: int = 0) -> None:
+        self.env, self.seed = env, int(seed)
+        self.n_envs, self.obs_dim = 1, int(np.prod(env.observation_space.shape))
+        self.episode_steps = int(getattr(env, "max_steps", 0)) or None
+        self.n_step = 0
+
+    def prepare(self, agent: Any) -> None:
+        pass
+
+    def reset(self, episode: int) -> np.ndarray:
+        obs, info = self.env.reset(seed=self.seed + episode)
+        self._steps: list[dict] = []
+        self._actions: list[Any] = []
+        return obs[None]
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        a = actions[0]
+        a = int(np.asarray(a).reshape(-1)[0]) if not getattr(self.env, "continuous", False) \
+            and hasattr(self.env.action_space, "n") else np.asarray(a, np.float32)
+        obs, reward, term, trunc, info = self.env.step(a)
+        self.n_step += 1
+        self._steps.append(info)
+        self._actions.append(a.tolist() if isinstance(a, np.ndarray) else a)
+        info = dict(info, reward_terms=np.asarray(info["reward_terms"], np.float32)[None])
+        return obs[None], np.array([reward]), np.array([term]), np.array([trunc]), info
+
+    def figures(self) -> dict[str, float]:
+        """The episode's figures: fidelity (mean, final, max), final security, total CO2,
+        unmet demand (summed over warehouses and steps) — those the env reports."""
+        st = self._steps
+        out: dict[str, float] = {}
+        if st and "fidelity" in st[0]:
+            f = np.array([s["fidelity"] for s in st])
+            out.update(mean_fidelity=float(f.mean()), final_fidelity=float(f[-1]), max_fidelity=float(f.max()))
+        if st and "security" in st[-1]:
+            out["security"] = float(st[-1]["security"])
+        if st and "co2_total" in st[-1]:
+            out["co2_total"] = float(st[-1]["co2_total"])
+        if st and "unmet" in st[0]:
+            out["unmet"] = float(sum(np.sum(s["unmet"]) for s in st))
+        return out
+
+    def finish(self, state: TrainState, ret: np.ndarray, agent: Any) -> tuple[list[dict], dict | None]:
+        figs = self.figures()
+        r = float(ret[0])
+        new_best = None
+        if r > state.best:
+            state.best = r
+            state.best_protocol = np.ravel(np.asarray(self._actions, float)).tolist()   # (T,) or (T·N,)
+            state.best_trajectory = [float(s.get("fidelity", 0.0)) for s in self._steps]
+            new_best = {"ergotropy": r, "episode": state.episode, "protocol": state.best_protocol,
+                        "trajectory": state.best_trajectory}
+        omega = getattr(agent, "omega", None)
+        row = {"episode": state.episode, "step": state.step, "ret": r,
+               "energy": figs.get("mean_fidelity", 0.0), "ergotropy": figs.get("final_fidelity", 0.0),
+               "best": state.best, "weight": None if omega is None else float(omega),
+               "figures": figs}
+        state.episode += 1
+        return [row], new_best
+
+    def postfix(self, row: dict, state: TrainState, stats: dict) -> dict:
+        out = dict(ep=state.episode, ret=f"{row['ret']:.2f}", F=f"{row['energy']:.3f}", best=f"{state.best:.2f}")
+        for k in ("eps", "omega", "loss"):
+            if k in stats:
+                out[k] = f"{stats[k]:.3g}"
+        return out
+
+
+# -- per-episode figures beside the run store's fixed columns --------------------------------
+
+_FIGURES_SCHEMA = ("CREATE TABLE IF NOT EXISTS episode_figures (run TEXT NOT NULL, episode INTEGER NOT NULL, "
+                   "figures TEXT NOT NULL, PRIMARY KEY (run, episode))")
+
+
+def log_figures(store: RunStore, run: str, rows: list[dict[str, Any]]) -> None:
+    """Keep each row's ``figures`` dict (JSON) in the store's ``episode_figures`` table."""
+    rows = [r for r in rows if r.get("figures")]
+    if not rows:
+        return
+    with store._tx():
+        store._db.execute(_FIGURES_SCHEMA)
+        store._db.executemany("INSERT OR REPLACE INTO episode_figures VALUES (?, ?, ?)",
+                              [(run, int(r["episode"]), json.dumps(r["figures"], sort_keys=True)) for r in rows])
+
+
+def episode_figures(store: RunStore, run: str) -> dict[str, list[float]]:
+    """Columns of the figures logged for ``run`` (ordered by episode); {} if none."""
+    with store._tx():
+        store._db.execute(_FIGURES_SCHEMA)
+    got = store._db.execute("SELECT figures FROM episode_figures WHERE run=? ORDER BY episode", (run,)).fetchall()
+    figs = [json.loads(g[0]) for g in got]
+    keys = sorted({k for f in figs for k in f})
+    return {k: [f.get(k, float("nan")) for f in figs] for k in keys}
+
+
+def train(agent: Any, env: Any, *, store: RunStore | None = None, run: str = "run",
+          config: dict[str, Any] | None = None, checkpoint: str | Path | None = None,
+          checkpoint_every: int = 200, progress: bool = True,
+          stop: Callable[[TrainState], bool] | None = None) -> TrainState:
+    """Train ``agent`` on the adapted env ``env`` (:class:`ChargingEpisodes`, :class:`GymEpisodes`)
+    for ``agent.cfg.total_steps`` environment steps; the one loop for every agent.
+
+    store/run:        where episodes go (return, the env's figures, best-so-far)
+    checkpoint:       file to resume from (if present) and to write every
+                      ``checkpoint_every`` episodes and at the end
+    stop:             optional early stop, called after each round of episodes
+    Returns the final :class:`TrainState`.
+    """
+    cfg = agent.cfg
+    n_envs = env.n_envs
+    replay = getattr(agent, "uses_replay", True)
+    # np.zeros is lazily committed: a 180k ring costs memory only as it fills
+    buffer = ReplayBuffer(cfg.buffer_size, env.obs_dim, agent.act_dim, agent.n_reward_terms) if replay else None
+    learning_starts = getattr(cfg, "learning_starts", 0) if replay else 0
+    state = TrainState()
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = load_checkpoint(checkpoint, agent, buffer, env)
+    if store is not None:
+        store.start_run(run, config or {})
+        store.truncate(run, state.episode - 1)      # episodes after the checkpoint are replayed
+    env.prepare(agent)
+    env.n_step = state.step
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.total_steps, initial=state.step, desc=run, unit="step",
+                   mininterval=2.0, dynamic_ncols=True)
+    t0, last_ckpt = time.perf_counter(), state.episode
+    wall0 = state.wall
+    stats: dict[str, float] = {}
+    observe = getattr(agent, "observe", None)
+    while state.step < cfg.total_steps:
+        obs = env.reset(state.episode)
+        if hasattr(agent, "begin_episode"):
+            agent.begin_episode()
+        ret = np.zeros(n_envs)
+        steps0 = state.step
+        while True:
+            warm = replay and state.step < learning_starts
+            act = agent.random_action(n_envs) if warm else agent.act(obs)
+            next_obs, reward, done, trunc, info = env.step(act)
+            if buffer is not None:
+                buffer.add(obs, agent.to_normalised(act), info["reward_terms"], next_obs,
+                           done.astype(np.float32))
+            ret += reward
+            state.step += n_envs
+            if observe is not None:                  # ε decay; on-policy rollouts and updates
+                stats.update(observe(obs, act, info["reward_terms"], next_obs, done | trunc, state.step) or {})
+            obs = next_obs
+            if buffer is not None and state.step >= learning_starts:
+                for _ in range(n_envs * cfg.updates_per_step):
+                    batch = buffer.sample(cfg.batch_size, agent.rng, agent.reward_weights(state.step))
+                    stats = agent.update(batch, state.step)
+                    state.updates += 1
+            if done.all() or trunc.all():
+                break
+        # -- the round of episodes is over: record them ---------------------------------
+        rows, new_best = env.finish(state, ret, agent)
+        state.wall = wall0 + time.perf_counter() - t0
+        if store is not None:
+            store.log_episodes(run, rows, new_best)
+            log_figures(store, run, rows)
+        if bar is not None:
+            bar.update(state.step - steps0)
+            bar.set_postfix(**env.postfix(rows[-1], state, stats), refresh=False)
+        if checkpoint is not None and state.episode - last_ckpt >= checkpoint_every:
+            save_checkpoint(checkpoint, agent, buffer, state, env)
+            last_ckpt = state.episode
+        if stop is not None and stop(state):
+            break
+    if bar is not None:
+        bar.close()
+    if checkpoint is not None:
+        save_checkpoint(checkpoint, agent, buffer, state, env)
+    return state
 
 
 def train_off_policy(agent: Any, env: Any, *, store: RunStore | None = None, run: str = "run",
                      config: dict[str, Any] | None = None, checkpoint: str | Path | None = None,
                      checkpoint_every: int = 200, progress: bool = True,
                      stop: Callable[[TrainState], bool] | None = None) -> TrainState:
-    """Train ``agent`` on vector env ``env`` for ``agent.cfg.total_steps`` environment steps.
+    """Train ``agent`` on the charging vector env ``env`` for ``agent.cfg.total_steps`` steps:
+    :func:`train` with :class:`ChargingEpisodes`.
 
     store/run:        where episodes go (return, terminal energy and ergotropy, best-so-far)
     checkpoint:       file to resume from (if present) and to write every
@@ -95,83 +362,9 @@ def train_off_policy(agent: Any, env: Any, *, store: RunStore | None = None, run
     return in force when each episode was played; the agent itself re-weights the stored
     terms when it samples (see :class:`~qhil.agents.replay.ReplayBuffer`).
     """
-    cfg = agent.cfg
-    n_envs = env.n_envs
-    # np.zeros is lazily committed: a 180k ring costs memory only as it fills
-    buffer = ReplayBuffer(cfg.buffer_size, env.obs_dim, agent.act_dim, agent.n_reward_terms)
-    state = TrainState()
-    if checkpoint is not None and Path(checkpoint).exists():
-        state = load_checkpoint(checkpoint, agent, buffer, env)
-    if store is not None:
-        store.start_run(run, config or {})
-        store.truncate(run, state.episode - 1)      # episodes after the checkpoint are replayed
-    env.w_mean, env.w_width = getattr(cfg, "w_mean", env.w_mean), getattr(cfg, "w_width", env.w_width)
-    env.weight = None if hasattr(cfg, "w_mean") else env.weight
-    env.n_step = state.step
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=cfg.total_steps, initial=state.step, desc=run, unit="step",
-                   mininterval=2.0, dynamic_ncols=True)
-    t0, last_ckpt = time.perf_counter(), state.episode
-    wall0 = state.wall
-    stats: dict[str, float] = {}
-    while state.step < cfg.total_steps:
-        obs, _ = env.reset()
-        ret = np.zeros(n_envs)
-        traj = [np.zeros(n_envs)]
-        while True:
-            warm = state.step < cfg.learning_starts
-            lam = agent.random_action(n_envs) if warm else agent.act(obs)
-            next_obs, reward, done, trunc, info = env.step(lam[:, 0])
-            buffer.add(obs, agent.to_normalised(lam), info["reward_terms"], next_obs,
-                       done.astype(np.float32))
-            ret += reward
-            traj.append(info["ergotropy"])
-            obs = next_obs
-            state.step += n_envs
-            if state.step >= cfg.learning_starts:
-                for _ in range(n_envs * cfg.updates_per_step):
-                    batch = buffer.sample(cfg.batch_size, agent.rng, agent.reward_weights(state.step))
-                    stats = agent.update(batch, state.step)
-                    state.updates += 1
-            if done.all() or trunc.all():
-                break
-        # -- the round of episodes is over: record them ---------------------------------
-        protocols = env.controls
-        traj_arr = np.stack(traj, axis=1)
-        rows, new_best = [], None
-        for i in range(n_envs):
-            erg = float(info["ergotropy"][i])
-            if erg > state.best:
-                state.best = erg
-                state.best_protocol = protocols[i].tolist()
-                state.best_trajectory = traj_arr[i].tolist()
-                new_best = {"ergotropy": erg, "episode": state.episode, "protocol": state.best_protocol,
-                            "trajectory": state.best_trajectory}
-            rows.append({"episode": state.episode, "step": state.step, "ret": float(ret[i]),
-                         "energy": float(info["energy"][i]), "ergotropy": erg, "best": state.best,
-                         "weight": float(info["weight"][i])})
-            state.episode += 1
-        state.wall = wall0 + time.perf_counter() - t0
-        if store is not None:
-            store.log_episodes(run, rows, new_best)
-        if bar is not None:
-            bar.update(n_envs * env.n_steps)
-            bar.set_postfix(ep=state.episode, ret=f"{rows[-1]['ret']:.3f}", erg=f"{rows[-1]['ergotropy']:.3f}",
-                            best=f"{state.best:.4f}", w=f"{rows[-1]['weight']:.2f}",
-                            alpha=f"{stats.get('alpha', float('nan')):.2e}", refresh=False)
-        if checkpoint is not None and state.episode - last_ckpt >= checkpoint_every:
-            save_checkpoint(checkpoint, agent, buffer, state, env)
-            last_ckpt = state.episode
-        if stop is not None and stop(state):
-            break
-    if bar is not None:
-        bar.close()
-    if checkpoint is not None:
-        save_checkpoint(checkpoint, agent, buffer, state, env)
-    return state
+    adapter = env if isinstance(env, (ChargingEpisodes, GymEpisodes)) else ChargingEpisodes(env)
+    return train(agent, adapter, store=store, run=run, config=config, checkpoint=checkpoint,
+                 checkpoint_every=checkpoint_every, progress=progress, stop=stop)
 
 
 def deterministic_episode(agent: Any, env: Any) -> dict[str, Any]:
@@ -190,13 +383,41 @@ def deterministic_episode(agent: Any, env: Any) -> dict[str, Any]:
             "trajectory": traj}
 
 
-def evaluate(agent: Any, env: Any, state: TrainState) -> dict[str, Any]:
-    """Both figures of a trained agent, labelled:
+def evaluate(agent: Any, env: Any, state: TrainState | None = None,
+             seeds: Sequence[int] = range(10_000, 10_010)) -> dict[str, Any]:
+    """The one evaluation path.
 
+    Charging vector env — both figures of a trained agent, labelled:
     ``deterministic``  — the policy's deterministic episode (what the agent would play now);
     ``best_explored``  — the best terminal ergotropy of any episode played in training
                          (Table 1's metric; stochastic and warm-up episodes included).
+
+    Gymnasium env (the supply chain; ``seeds``: the evaluation episodes, unseen in training
+    by default) — ``deterministic``: the policy's deterministic episodes, their mean return
+    and figures (``returns`` and, per figure, the mean); ``best_explored``: the best training
+    return (if ``state`` is given).
     """
+    if isinstance(env, GymEpisodes):
+        env = env.env
+    if not hasattr(env, "n_envs"):
+        adapter = GymEpisodes(env)
+        returns, figs = [], []
+        for s in seeds:
+            obs = env.reset(seed=int(s))[0][None]
+            adapter._steps, adapter._actions = [], []
+            ret, done = 0.0, False
+            while not done:
+                a = agent.act(obs, deterministic=True)
+                obs, r, term, trunc, _ = adapter.step(a)
+                ret += float(r[0])
+                done = bool(term[0] or trunc[0])
+            returns.append(ret)
+            figs.append(adapter.figures())
+        out = {"deterministic": {"return": float(np.mean(returns)), "returns": returns,
+                                 **{k: float(np.mean([f[k] for f in figs])) for k in figs[0]}}}
+        if state is not None:
+            out["best_explored"] = {"return": state.best, "actions": state.best_protocol}
+        return out
     return {"deterministic": deterministic_episode(agent, env),
             "best_explored": {"ergotropy": state.best, "protocol": state.best_protocol,
                               "trajectory": state.best_trajectory}}

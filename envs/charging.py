@@ -41,6 +41,7 @@ from qhil.drivers import (Backend, Experiment, MeasurementSchedule, REGIMES, Res
 from qhil.drivers.propagate import invariant_sector
 
 from .dicke import ENV1, DickeBattery
+from .measurement import REWARD_MODES, HeldObservation, custom_observables, tomography_ergotropy
 
 
 def scheduled_weight(n_step: float | np.ndarray, w_mean: float, w_width: float) -> float | np.ndarray:
@@ -62,6 +63,19 @@ class ChargingVectorEnv:
     w_mean, w_width: Eq. (12), in environment steps (counted over all B envs)
     backend:    a backend or a spec string (default ``"statevector"``)
     shots:      None for exact expectation values, else shots per setting (not full_state)
+    every, final_only: measure the observation only at k = 0, m, 2m, …, K (``every`` = m) or
+                only at k = K; at the other steps the policy sees the last measured values
+                held plus their age (one more observation entry, before a_{k−1}); see
+                :class:`~qhil.envs.measurement.HeldObservation`. Default: every step.
+    reward:     ``"exact"`` (Eq. 11 on the simulator's state, default) or
+                ``"tomography_terminal"``: ΔE from the measured E_j at measured steps (0 in
+                between), Δℰ = 0 until the last step, where it is ℰ estimated by tomography
+                (ℰ(0) = 0 for |g…g⟩); the return telescopes to w-weighted measured ΔE's and
+                the estimated terminal ergotropy. ``info["ergotropy"]`` stays exact (simulators).
+    tomography_shots: shots per setting of that terminal tomography (3^N settings), None = exact
+
+    A ``regime`` may also be a list of Pauli labels (a custom regime): Z_j are measured first
+    (the observation starts with E_j as for the named regimes), then the labels.
 
     ``step(actions)`` returns ``(obs (B, D), rewards (B,), terminated (B,), truncated (B,),
     info)`` with ``info`` a dict of arrays: ``energy``, ``ergotropy`` (at t_{k+1}),
@@ -74,10 +88,23 @@ class ChargingVectorEnv:
                  n_envs: int = 1, tau: float = 5.6, n_steps: int = 28,
                  action_low: float | None = None, action_high: float | None = None,
                  weight: float | None = None, w_mean: float = 40_000, w_width: float = 20_000,
-                 backend: Backend | str = "statevector", shots: int | None = None) -> None:
+                 backend: Backend | str = "statevector", shots: int | None = None,
+                 every: int = 1, final_only: bool = False, reward: str = "exact",
+                 tomography_shots: int | None = 1000) -> None:
         self.battery = battery if battery is not None else DickeBattery(omegas=ENV1)
-        if regime not in REGIMES:
-            raise ValidationError("regime", f"unknown regime {regime!r}", ", ".join(REGIMES))
+        observables = regime
+        if not isinstance(regime, str):             # a custom list of Pauli labels
+            observables = regime = custom_observables(regime, self.battery.n_qubits)
+        elif regime not in REGIMES:
+            raise ValidationError("regime", f"unknown regime {regime!r}",
+                                  ", ".join(REGIMES) + " or a list of Pauli labels")
+        if reward not in REWARD_MODES:
+            raise ValidationError("reward", f"unknown reward mode {reward!r}", ", ".join(REWARD_MODES))
+        if reward != "exact" and regime == "full_state":
+            raise ValidationError("reward", f"{reward!r} needs the measured E_j", "a measured regime, not full_state")
+        self.reward_mode, self.tomography_shots = reward, tomography_shots
+        if tomography_shots is not None:
+            MeasurementSchedule("tomography", shots=tomography_shots)       # validates the number
         if not (isinstance(n_envs, int) and n_envs >= 1):
             raise ValidationError("n_envs", f"{n_envs!r}", "an integer ≥ 1")
         if not (isinstance(n_steps, int) and n_steps >= 1):
@@ -101,29 +128,37 @@ class ChargingVectorEnv:
             raise UnsupportedError(f"the full_state regime needs a simulator; the {self.backend.name} "
                                    "driver returns no state vector")
         self.has_density = caps.qubit_density
-        if not self.has_density and weight != 1.0:
+        if not self.has_density and weight != 1.0 and reward == "exact":
             raise UnsupportedError(f"the ergotropy reward needs the battery's state, which the "
                                    f"{self.backend.name} driver does not return (no qubit_density); "
-                                   "use weight=1.0 (energy reward only) until tomography is available")
-        self.schedule = MeasurementSchedule(regime, final_only=True, shots=shots)
+                                   "use weight=1.0 (energy reward only) or reward='tomography_terminal'")
+        self.schedule = MeasurementSchedule(observables, final_only=True, shots=shots)
+        #: the episode's measurements as a whole (which steps are measured; its cost)
+        self.obs_schedule = MeasurementSchedule(observables, every=every, final_only=final_only, shots=shots)
+        self._diagnostic = MeasurementSchedule("energies", final_only=True)   # unmeasured steps: state only
         n = self.battery.n_qubits
         self.labels = self.schedule.labels(n)
         self._z_cols = [self.labels.index(f"Z{j}") for j in range(n)] if regime != "full_state" else []
         self.sector = invariant_sector(self.battery) if regime == "full_state" else None
         d_meas = 2 * len(self.sector) if regime == "full_state" else len(self.labels)
-        self.obs_dim = d_meas + 2
+        self.hold = (HeldObservation(n_envs, d_meas, n_steps, self.obs_schedule.measured_steps(n_steps))
+                     if (final_only or every > 1) else None)
+        self.obs_dim = d_meas + 2 + (self.hold is not None)        # + the age of held values
         lo = np.full(self.obs_dim, -1.0, dtype=np.float32)
         hi = np.full(self.obs_dim, 1.0, dtype=np.float32)
         if regime != "full_state":                   # E_j ∈ [0, ω_j]
             lo[:n] = 0.0
             hi[:n] = np.asarray(self.battery.omegas, dtype=np.float32)
         lo[-1] = 0.0                                 # t_k/τ ∈ [0, 1]
+        if self.hold is not None:
+            lo[-3] = 0.0                             # age of the held values ∈ [0, 1]
         self.obs_low, self.obs_high = lo, hi
         self.n_step = 0                              # environment steps so far (Eq. 12's n)
         self._rng = np.random.default_rng()
         self._controls = np.zeros((n_envs, 0))
         self._energy = np.zeros(n_envs)
         self._ergotropy = np.zeros(n_envs)
+        self._energy_measured = np.zeros(n_envs)     # last measured E (tomography_terminal)
 
     # -- physics → observation -------------------------------------------------------
     def current_weight(self) -> float:
@@ -139,9 +174,24 @@ class ChargingVectorEnv:
         """Seed the shot noise of the measurements (exact values need none)."""
         self._rng = np.random.default_rng(seed)
 
-    def _measure(self, controls: np.ndarray) -> list[Result]:
-        exps = [Experiment(self.battery, c.reshape(-1, 1), self.dt, self.schedule) for c in controls]
-        seed = int(self._rng.integers(2**63)) if self.schedule.shots is not None else None
+    def measurement_cost(self) -> dict[str, int]:
+        """Hardware cost of one episode's measurements: the observation schedule (settings,
+        circuits, shots, played steps incl. prefix replays), plus the terminal tomography
+        with ``reward="tomography_terminal"``. Keys prefixed ``obs_``, ``reward_``, ``total_``."""
+        from .measurement import tomography_cost
+        obs = self.obs_schedule.cost(self.battery.n_qubits, self.n_steps).to_dict()
+        rew = ({k: 0 for k in ("settings", "circuits", "total_shots", "played_steps")}
+               if self.reward_mode == "exact" else
+               tomography_cost(self.battery.n_qubits, self.n_steps, self.tomography_shots))
+        out = {f"obs_{k}": v for k, v in obs.items()} | {f"reward_{k}": v for k, v in rew.items()}
+        for k in ("circuits", "total_shots", "played_steps"):
+            out[f"total_{k}"] = obs[k] + rew[k]
+        return out
+
+    def _measure(self, controls: np.ndarray, schedule: MeasurementSchedule | None = None) -> list[Result]:
+        schedule = schedule or self.schedule
+        exps = [Experiment(self.battery, c.reshape(-1, 1), self.dt, schedule) for c in controls]
+        seed = int(self._rng.integers(2**63)) if schedule.shots is not None else None
         return self.backend.run(exps, seed=seed)
 
     def _figures(self, results: list[Result]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -156,12 +206,17 @@ class ChargingVectorEnv:
         return e_j, e_j.sum(-1), np.full(len(results), np.nan)
 
     def _observe(self, results: list[Result], k: int) -> np.ndarray:
-        if self.regime == "full_state":
+        if self.hold is not None and not self.hold.is_measured(k):
+            meas = None                                 # unmeasured: the held values
+        elif self.regime == "full_state":
             psi = np.stack([r.state[-1][self.sector] for r in results])
             meas = np.concatenate([psi.real, psi.imag], axis=1)
         else:
             meas = np.stack([r.values[-1] for r in results]).astype(float)
             meas[:, :len(self._z_cols)] = self.battery.tls_energies_from_z(meas[:, self._z_cols])
+        if self.hold is not None:
+            meas, age = self.hold.observe(k, meas)
+            meas = np.concatenate([meas, age[:, None]], axis=1)
         prev = self._controls[:, -1] if k > 0 else np.zeros(self.n_envs)   # a_{−1} := 0
         extra = np.stack([self.normalise(prev), np.full(self.n_envs, k / self.n_steps)], axis=1)
         obs = np.concatenate([meas, extra], axis=1).astype(np.float32)
@@ -181,9 +236,17 @@ class ChargingVectorEnv:
     def reset(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Start B episodes from |g…g⟩⊗|N⟩: the k = 0 measurement."""
         self._controls = np.zeros((self.n_envs, 0))
-        results = self._measure(self._controls)
-        e_j, e, erg = self._figures(results)
+        if self.hold is not None:
+            self.hold.reset()
+        measured = self.hold is None or self.hold.is_measured(0)
+        if measured or self.has_density:
+            results = self._measure(self._controls, None if measured else self._diagnostic)
+            e_j, e, erg = self._figures(results)
+        else:                                       # hardware, unmeasured: |g…g⟩, E_j = ℰ = 0
+            results, e_j = None, np.zeros((self.n_envs, self.battery.n_qubits))
+            e, erg = e_j.sum(-1), np.zeros(self.n_envs)
         self._energy, self._ergotropy = e, erg
+        self._energy_measured = self._measured_energy(results) if measured else np.zeros(self.n_envs)
         return self._observe(results, 0), {"energy": e, "ergotropy": erg, "tls_energies": e_j}
 
     def step(self, actions: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
@@ -196,18 +259,49 @@ class ChargingVectorEnv:
             raise ValidationError("actions", "contain non-finite values")
         a = np.clip(a, self.action_low, self.action_high)
         self._controls = np.concatenate([self._controls, a[:, None]], axis=1)
-        results = self._measure(self._controls)
-        e_j, e, erg = self._figures(results)
+        measured = self.hold is None or self.hold.is_measured(self.k)
+        if measured or self.has_density:
+            results = self._measure(self._controls, None if measured else self._diagnostic)
+            e_j, e, erg = self._figures(results)
+        else:                                       # hardware, unmeasured: nothing to run
+            results, e_j, e, erg = None, np.full((self.n_envs, self.battery.n_qubits), np.nan), \
+                self._energy, np.full(self.n_envs, np.nan)
         d_e, d_erg = e - self._energy, erg - self._ergotropy
+        extra: dict[str, np.ndarray] = {}
+        if self.reward_mode == "tomography_terminal":
+            d_e, d_erg, extra = self._measured_terms(results if measured else None)
         w = self.current_weight()
-        reward = w * d_e + (1.0 - w) * (d_erg if self.has_density else 0.0)
+        reward = w * d_e + (1.0 - w) * (d_erg if (self.has_density or self.reward_mode != "exact") else 0.0)
         self._energy, self._ergotropy = e, erg
         self.n_step += self.n_envs
         done = np.full(self.n_envs, self.k == self.n_steps)
         info = {"energy": e, "ergotropy": erg, "tls_energies": e_j, "delta_energy": d_e,
                 "delta_ergotropy": d_erg, "reward_terms": np.stack([d_e, d_erg], axis=1),
-                "weight": np.full(self.n_envs, w), "k": np.full(self.n_envs, self.k)}
+                "weight": np.full(self.n_envs, w), "k": np.full(self.n_envs, self.k), **extra}
         return self._observe(results, self.k), reward, done, np.zeros(self.n_envs, bool), info
+
+    def _measured_energy(self, results: list[Result]) -> np.ndarray:
+        """(B,) E = Σ_j E_j from the measured ⟨Z_j⟩ (shot estimates when shots are set)."""
+        if not self._z_cols:
+            return np.full(len(results), np.nan)
+        z = np.stack([r.values[-1, self._z_cols] for r in results])
+        return self.battery.tls_energies_from_z(z).sum(-1)
+
+    def _measured_terms(self, results: list[Result] | None) -> tuple[np.ndarray, np.ndarray, dict]:
+        """reward="tomography_terminal": (ΔE from measured E_j, Δℰ from terminal tomography,
+        info extras). ``results`` is None at an unmeasured step (ΔE = 0 there)."""
+        d_e = np.zeros(self.n_envs)
+        if results is not None:
+            e_m = self._measured_energy(results)
+            d_e, self._energy_measured = e_m - self._energy_measured, e_m
+        d_erg = np.zeros(self.n_envs)
+        est = np.full(self.n_envs, np.nan)
+        if self.k == self.n_steps:                   # ℰ(0) = 0: |g…g⟩ is passive
+            seed = int(self._rng.integers(2**63)) if self.tomography_shots is not None else None
+            est = tomography_ergotropy(self.battery, self.backend, self._controls, self.dt,
+                                       self.tomography_shots, seed=seed)
+            d_erg = est
+        return d_e, d_erg, {"energy_measured": self._energy_measured.copy(), "ergotropy_estimate": est}
 
 
 class ChargingEnv(gym.Env):
