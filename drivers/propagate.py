@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from scipy.special import jv
 
-from ._kernels import merge_operators, propagate_real, reduced_density
+from ._kernels import propagate_real, reduced_density, split_operators
 from .model import Model
 
 _MAX_ARG = 20.0        # a·dt per Chebyshev sub-step; larger steps are split
@@ -121,7 +121,7 @@ class ChebyshevPropagator:
         shifted = [ops[0] - self.center * sp.identity(len(idx), format="csr")] + ops[1:]
         self._ops = [_Operator(h / self.half_width, self.real) for h in shifted]
         if self.real:
-            self._merged = merge_operators([h / self.half_width for h in shifted])
+            self._split = split_operators([sp.csr_matrix(h / self.half_width) for h in shifted])
         self._coeffs: dict[float, tuple[int, np.ndarray, complex]] = {}
 
     @property
@@ -183,7 +183,7 @@ class ChebyshevPropagator:
         if self.real:
             coef = np.where(np.arange(len(b)) % 2 == 0, b.real, b.imag)
             out = np.array(psi, dtype=complex, order="C")
-            return propagate_real(*self._merged, np.ascontiguousarray(u), out, coef, phase, n_sub, _BLOCK)
+            return propagate_real(*self._split, np.ascontiguousarray(u), out, coef, phase, n_sub, _BLOCK)
         x = psi.astype(complex)
         for _ in range(n_sub):
             x = phase * self._series_complex(x, u, b)
