@@ -151,15 +151,3 @@ def split_operators(ops: list) -> tuple[np.ndarray, ...]:
     row_ptr = np.zeros(d + 1, dtype=np.int64)
     np.add.at(row_ptr, r[starts] + 1, 1)
     return (diag, np.cumsum(row_ptr), seg_ptr, w[starts].astype(np.int64), c.astype(np.int64), v)
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def reduced_density(psi_rows, pa, pb, sa, sb, nq_dim):
-    """ρ[b] = Tr_aux |ψ_b⟩⟨ψ_b| from sector states psi_rows (B, d): ρ[b, sa, sb] = Σ_p ψ[pa] ψ*[pb]
-    over the precomputed pairs p of sector positions that share an aux index."""
-    n = psi_rows.shape[0]
-    rho = np.zeros((n, nq_dim, nq_dim), dtype=np.complex128)
-    for b in prange(n):
-        for p in range(pa.shape[0]):
-            rho[b, sa[p], sb[p]] += psi_rows[b, pa[p]] * np.conj(psi_rows[b, pb[p]])
-    return rho

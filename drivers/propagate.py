@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from scipy.special import jv
 
-from ._kernels import propagate_real, reduced_density, split_operators
+from ._kernels import propagate_real, split_operators
 from .model import Model
 
 _MAX_ARG = 20.0        # a·dt per Chebyshev sub-step; larger steps are split
@@ -129,14 +129,25 @@ class ChebyshevPropagator:
         return len(self.sector)
 
     @cached_property
-    def _pairs(self) -> tuple[np.ndarray, ...]:
-        pa, pb = aux_pairs(self.sector, self.model.aux_dim)
-        q = self.sector // self.model.aux_dim
-        return pa, pb, q[pa], q[pb]
+    def _level_groups(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Sector positions grouped for the partial trace: aux levels whose sector states
+        carry the same qubit configurations q form one group, as (q (m,), positions (L, m))."""
+        level, q = self.sector % self.model.aux_dim, self.sector // self.model.aux_dim
+        groups: dict[tuple[int, ...], list[np.ndarray]] = {}
+        for n in np.unique(level):
+            pos = np.flatnonzero(level == n)
+            groups.setdefault(tuple(q[pos]), []).append(pos)
+        return [(np.array(k), np.stack(v)) for k, v in groups.items()]
 
     def qubit_density(self, psi: np.ndarray) -> np.ndarray:
-        """Reduced states of the qubits, (B, 2^n, 2^n), from sector states psi (d, B)."""
-        return reduced_density(np.ascontiguousarray(psi.T), *self._pairs, 2 ** self.model.n_qubits)
+        """Reduced states of the qubits, (B, 2^n, 2^n), from sector states psi (d, B):
+        ρ = Tr_aux |ψ⟩⟨ψ| = Σ_n A_n A_n†, A_n[q] = ψ(q, n), one batched product per group."""
+        nq = 2 ** self.model.n_qubits
+        rho = np.zeros((psi.shape[1], nq, nq), dtype=complex)
+        for q, pos in self._level_groups:
+            a = np.ascontiguousarray(psi[pos].transpose(2, 1, 0))        # (B, m, L)
+            rho[:, q[:, None], q[None, :]] = a @ a.conj().transpose(0, 2, 1)
+        return rho
 
     def aux_top_population(self, psi: np.ndarray) -> np.ndarray:
         """(B,) population of the aux subsystem's top level, from sector states psi (d, B)."""

@@ -191,3 +191,17 @@ def test_extend_equals_a_fresh_experiment(backend, rng):
     assert grown.n_steps == 5 and e.n_steps == 2
     with pytest.raises(Exception, match=r"controls\[0, coupling\]"):
         e.extend([0.5])
+
+
+@pytest.mark.parametrize("model", [DickeBattery(omegas=ENV1, n_max=6), XYChain(n_spins=3)],
+                         ids=["dicke", "xy_chain"])
+def test_sector_partial_trace_equals_dense_partial_trace(model):
+    """ChebyshevPropagator.qubit_density (grouped products on the sector) against a dense
+    Tr_aux |ψ⟩⟨ψ| of the embedded states (qubits are the slow index, the aux the fast one)."""
+    from qhil.drivers.propagate import ChebyshevPropagator
+    prop = ChebyshevPropagator(model)
+    rng = np.random.default_rng(5)
+    psi = rng.normal(size=(prop.dim, 3)) + 1j * rng.normal(size=(prop.dim, 3))
+    full = prop.embed(psi).reshape(3, 2 ** model.n_qubits, model.aux_dim)
+    dense = np.einsum("bqn,brn->bqr", full, full.conj())
+    assert np.max(np.abs(prop.qubit_density(psi) - dense)) < 1e-12
