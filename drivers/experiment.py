@@ -54,13 +54,13 @@ def _one_row(model: Model, controls: Any) -> np.ndarray | None:
         values = [float(x) for x in np.ravel(controls)]
     except (TypeError, ValueError):
         return None
-    lo, hi, tol = model.control_bounds
-    if len(values) != len(lo):
+    bounds = model._bounds_floats
+    if len(values) != len(bounds):
         return None
-    for v, a, b, t in zip(values, lo, hi, tol):
+    for v, (a, b, t) in zip(values, bounds):
         if not a - t <= v <= b + t:          # also rejects NaN
             return None
-    row = np.clip(np.array([values]), lo, hi)
+    row = np.array([[min(max(v, a), b) for v, (a, b, _) in zip(values, bounds)]])
     row.setflags(write=False)
     return row
 

@@ -123,6 +123,11 @@ class Model(ABC):
         hi = np.array([c.upper for c in self.controls], dtype=float)
         return lo, hi, BOUND_TOLERANCE * np.maximum(1.0, hi - lo)
 
+    @cached_property
+    def _bounds_floats(self) -> list[tuple[float, float, float]]:
+        """:attr:`control_bounds` as plain floats per channel (the one-step fast path)."""
+        return [tuple(map(float, b)) for b in zip(*self.control_bounds)]
+
     def describe(self) -> dict[str, Any]:
         """What a device or a user needs to know: channels, bounds, qubits, dimensions."""
         return {**self.to_dict(), "n_qubits": self.n_qubits, "aux_dim": self.aux_dim,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
@@ -169,7 +169,7 @@ class MeasurementCost:
     def to_dict(self) -> dict[str, int]:
         return dict(self._dict)
 
-    @property
+    @cached_property
     def _dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
