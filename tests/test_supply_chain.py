@@ -314,23 +314,10 @@ def test_mpc_continuous_variant():
 # -- Double DQN (Table I) ----------------------------------------------------------------
 
 def train_dqn(env, agent, episodes):
-    """The smallest episode loop over the shared replay buffer (training.train_off_policy
-    drives the charging vector env only, for now)."""
-    from qhil.agents.replay import ReplayBuffer
-    buf = ReplayBuffer(agent.cfg.buffer_size, env.observation_space.shape[0], 1, agent.n_reward_terms)
-    step = 0
-    for ep in range(episodes):
-        obs, _ = env.reset(seed=10_000 * agent.cfg.seed + ep)
-        done = False
-        while not done:
-            a = agent.act(obs[None])
-            nxt, _, term, trunc, info = env.step(int(a[0, 0]))
-            buf.add(obs[None], agent.to_normalised(a), info["reward_terms"][None], nxt[None],
-                    np.array([float(term)]))
-            obs, done, step = nxt, term or trunc, step + 1
-            agent.end_step()
-            if len(buf) >= agent.cfg.learning_starts:
-                agent.update(buf.sample(agent.cfg.batch_size, agent.rng, agent.reward_weights(step)), step)
+    """Table I's Double DQN through the shared training loop (replay buffer, ε decay hook)."""
+    from qhil.agents.training import GymEpisodes, train
+    agent.cfg.total_steps = episodes * env.max_steps
+    return train(agent, GymEpisodes(env, seed=10_000 * agent.cfg.seed), progress=False)
 
 
 def test_double_dqn_target_uses_online_argmax():
