@@ -32,6 +32,7 @@ environment step (on-policy agents learn here).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -78,6 +79,10 @@ def save_checkpoint(path: str | Path, agent: Any, buffer: ReplayBuffer | None, s
 def load_checkpoint(path: str | Path, agent: Any, buffer: ReplayBuffer | None, env: Any) -> TrainState:
     blob = torch.load(path, weights_only=False)
     saved, now = blob["agent"].get("config"), getattr(agent.cfg, "to_dict", lambda: None)()
+    if saved is not None and dataclasses.is_dataclass(agent.cfg):     # options added since: their defaults
+        defaults = {f.name: f.default for f in dataclasses.fields(agent.cfg)
+                    if f.default is not dataclasses.MISSING}
+        saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     diff = {} if saved is None or now is None else {
         k: (saved.get(k), now.get(k)) for k in set(saved) | set(now)
         if saved.get(k) != now.get(k) and k != "total_steps"}          # a run may be extended

@@ -282,3 +282,21 @@ def test_bf16_updates_track_fp32_and_bad_precision_is_refused():
     for key in ("q_loss", "actor_loss", "entropy"):
         assert stats["bf16"][key] == pytest.approx(stats["fp32"][key], rel=3e-2, abs=1e-2)
     assert stats["bf16"]["q_loss"] != stats["fp32"]["q_loss"]      # bf16 really ran
+
+
+def test_checkpoint_from_before_a_new_option_resumes_with_its_default(tmp_path):
+    """A checkpoint whose saved config lacks an option added later (here ``precision``)
+    resumes when the option is at its default, and is refused when it is not."""
+    from qhil.agents.training import load_checkpoint, save_checkpoint, TrainState
+    env = make_charging_env("env1", "energies")
+    agent = SAC(env.obs_dim, env.action_low, env.action_high, SACConfig(seed=0))
+    buf = ReplayBuffer(10, env.obs_dim, 1, 2)
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, agent, buf, TrainState(step=7), env)
+    blob = torch.load(path, weights_only=False)
+    del blob["agent"]["config"]["precision"]                 # as written before the option existed
+    torch.save(blob, path)
+    assert load_checkpoint(path, agent, buf, env).step == 7
+    other = SAC(env.obs_dim, env.action_low, env.action_high, SACConfig(seed=0, precision="bf16"))
+    with pytest.raises(ValueError, match="precision"):
+        load_checkpoint(path, other, buf, env)
