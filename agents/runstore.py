@@ -5,8 +5,10 @@
     store.log_episode(run, episode=…, step=…, ret=…, energy=…, ergotropy=…, protocol=[…])
     store.finish_run(run, summary={...})
 
-Every episode's return, terminal energy, terminal ergotropy and best-so-far terminal
-ergotropy is kept; the best protocol (and its per-step ergotropy) too. A process killed in
+Every episode's return, its two headline figures (battery: terminal energy and ergotropy;
+supply chain: mean and final fidelity) and its best-so-far objective are kept, any further
+named figures of the episode in ``episode_figures`` (JSON); the best protocol (and its
+per-step figure) too. A process killed in
 the middle of a write leaves the database at the last committed episode (SQLite's atomic
 commit); several processes may write to one file (WAL, busy timeout).
 """
@@ -26,6 +28,8 @@ CREATE TABLE IF NOT EXISTS episodes (
     run TEXT NOT NULL, episode INTEGER NOT NULL, step INTEGER NOT NULL,
     ret REAL NOT NULL, energy REAL NOT NULL, ergotropy REAL NOT NULL, best REAL NOT NULL,
     weight REAL, wall REAL NOT NULL, PRIMARY KEY (run, episode));
+CREATE TABLE IF NOT EXISTS episode_figures (
+    run TEXT NOT NULL, episode INTEGER NOT NULL, figures TEXT NOT NULL, PRIMARY KEY (run, episode));
 CREATE TABLE IF NOT EXISTS best (
     run TEXT PRIMARY KEY, ergotropy REAL NOT NULL, episode INTEGER NOT NULL,
     protocol TEXT NOT NULL, trajectory TEXT NOT NULL);
@@ -72,19 +76,24 @@ class RunStore:
         """Drop episodes past ``after_episode`` (a resume from an older checkpoint)."""
         with self._tx():
             self._db.execute("DELETE FROM episodes WHERE run=? AND episode>?", (run, after_episode))
+            self._db.execute("DELETE FROM episode_figures WHERE run=? AND episode>?", (run, after_episode))
             row = self._db.execute("SELECT episode FROM best WHERE run=?", (run,)).fetchone()
             if row and row[0] > after_episode:
                 self._db.execute("DELETE FROM best WHERE run=?", (run,))
 
     def log_episodes(self, run: str, rows: Sequence[dict[str, Any]], best: dict[str, Any] | None = None) -> None:
-        """Append episodes (dicts with episode, step, ret, energy, ergotropy, best, weight) and,
-        if given, the new best protocol — all in one transaction."""
+        """Append episodes (dicts with episode, step, ret, energy, ergotropy, best, weight and
+        optionally ``figures``, a dict of named numbers) and, if given, the new best protocol
+        — all in one transaction."""
         now = time.time()
         with self._tx():
             self._db.executemany(
                 "INSERT OR REPLACE INTO episodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(run, int(r["episode"]), int(r["step"]), float(r["ret"]), float(r["energy"]),
                   float(r["ergotropy"]), float(r["best"]), r.get("weight"), now) for r in rows])
+            self._db.executemany(
+                "INSERT OR REPLACE INTO episode_figures VALUES (?, ?, ?)",
+                [(run, int(r["episode"]), json.dumps(r["figures"], sort_keys=True)) for r in rows if r.get("figures")])
             if best is not None:
                 self._db.execute("INSERT OR REPLACE INTO best VALUES (?, ?, ?, ?, ?)",
                                  (run, float(best["ergotropy"]), int(best["episode"]),
@@ -115,6 +124,13 @@ class RunStore:
         rows = self._db.execute(f"SELECT {', '.join(cols)} FROM episodes WHERE run=? ORDER BY episode",
                                 (run,)).fetchall()
         return {c: [r[i] for r in rows] for i, c in enumerate(cols)}
+
+    def figures(self, run: str) -> dict[str, list[float]]:
+        """Columns of the named figures logged with ``run``'s episodes (ordered by episode)."""
+        got = self._db.execute("SELECT figures FROM episode_figures WHERE run=? ORDER BY episode", (run,)).fetchall()
+        figs = [json.loads(g[0]) for g in got]
+        keys = sorted({k for f in figs for k in f})
+        return {k: [f.get(k, float("nan")) for f in figs] for k in keys}
 
     def best(self, run: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT ergotropy, episode, protocol, trajectory FROM best WHERE run=?",

@@ -166,7 +166,7 @@ class GymEpisodes:
     return so far and ``weight`` = the agent's ``omega`` (the ensemble's ω_dqn) if it has one.
     The store's two figure columns are filled with the env's headline figures — on the supply
     chain ``energy`` ← mean fidelity over the episode, ``ergotropy`` ← final fidelity — and
-    every figure of :meth:`figures` is kept by name in the store's ``episode_figures`` table.
+    every figure of :meth:`figures` is kept by name in the store (:meth:`RunStore.figures`).
     """
 
     best_key = "return"
@@ -239,33 +239,6 @@ class GymEpisodes:
         return out
 
 
-# -- per-episode figures beside the run store's fixed columns --------------------------------
-
-_FIGURES_SCHEMA = ("CREATE TABLE IF NOT EXISTS episode_figures (run TEXT NOT NULL, episode INTEGER NOT NULL, "
-                   "figures TEXT NOT NULL, PRIMARY KEY (run, episode))")
-
-
-def log_figures(store: RunStore, run: str, rows: list[dict[str, Any]]) -> None:
-    """Keep each row's ``figures`` dict (JSON) in the store's ``episode_figures`` table."""
-    rows = [r for r in rows if r.get("figures")]
-    if not rows:
-        return
-    with store._tx():
-        store._db.execute(_FIGURES_SCHEMA)
-        store._db.executemany("INSERT OR REPLACE INTO episode_figures VALUES (?, ?, ?)",
-                              [(run, int(r["episode"]), json.dumps(r["figures"], sort_keys=True)) for r in rows])
-
-
-def episode_figures(store: RunStore, run: str) -> dict[str, list[float]]:
-    """Columns of the figures logged for ``run`` (ordered by episode); {} if none."""
-    with store._tx():
-        store._db.execute(_FIGURES_SCHEMA)
-    got = store._db.execute("SELECT figures FROM episode_figures WHERE run=? ORDER BY episode", (run,)).fetchall()
-    figs = [json.loads(g[0]) for g in got]
-    keys = sorted({k for f in figs for k in f})
-    return {k: [f.get(k, float("nan")) for f in figs] for k in keys}
-
-
 def train(agent: Any, env: Any, *, store: RunStore | None = None, run: str = "run",
           config: dict[str, Any] | None = None, checkpoint: str | Path | None = None,
           checkpoint_every: int = 200, progress: bool = True,
@@ -333,7 +306,6 @@ def train(agent: Any, env: Any, *, store: RunStore | None = None, run: str = "ru
         state.wall = wall0 + time.perf_counter() - t0
         if store is not None:
             store.log_episodes(run, rows, new_best)
-            log_figures(store, run, rows)
         if bar is not None:
             bar.update(state.step - steps0)
             bar.set_postfix(**env.postfix(rows[-1], state, stats), refresh=False)

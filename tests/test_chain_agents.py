@@ -14,7 +14,7 @@ from qhil.agents.ensemble import Ensemble, EnsembleConfig, ensemble_weight  # no
 from qhil.agents.ppo import PPO, PPOConfig, clipped_surrogate, gae  # noqa: E402
 from qhil.agents.runstore import RunStore  # noqa: E402
 from qhil.agents.supply_sweep import curve_stats, make_agent, moving_average  # noqa: E402
-from qhil.agents.training import GymEpisodes, episode_figures, evaluate, train  # noqa: E402
+from qhil.agents.training import GymEpisodes, evaluate, train  # noqa: E402
 from qhil.drivers import ValidationError  # noqa: E402
 from qhil.envs import SupplyChainEnv  # noqa: E402
 
@@ -169,7 +169,7 @@ def test_shared_loop_records_and_resumes(tmp_path, name):
     assert a["episode"] == b["episode"] == list(range(7))
     np.testing.assert_allclose(a["ret"], b["ret"], atol=1e-9)
     np.testing.assert_allclose(a["energy"], b["energy"], atol=1e-12)       # mean fidelity
-    figs = episode_figures(store_b, "r")
+    figs = store_b.figures("r")
     assert len(figs["mean_fidelity"]) == 7 and figs["mean_fidelity"] == pytest.approx(b["energy"])
     assert {"final_fidelity", "security", "co2_total", "unmet"} <= set(figs)
     sd_a, sd_b = straight.state_dict(), resumed.state_dict()
