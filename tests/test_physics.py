@@ -117,6 +117,21 @@ def test_low_cutoff_warns_and_is_wrong(backend):
     assert report["ergotropy_change"] > 1e-2      # low cutoffs are wrong by several percent
 
 
+#: A resonant bang-bang drive (parametric pumping of the cavity), ω_j = 0.5: the most
+#: photon-hungry admissible protocol found by a search over periodic ±0.3 patterns.
+PUMPING = np.array([0.3] * 4 + [-0.3] * 15 + [0.3] * 9)
+
+
+def test_default_cutoff_warns_on_parametric_pumping_and_60_photons_converge(backend):
+    """n_max = 40 converges for constant λ and every RL/GRAPE protocol we have seen, but not
+    for a resonant bang-bang drive: the run warns, and n_max = 60 converges."""
+    model = DickeBattery(omegas=[0.5] * 4)
+    with pytest.warns(RuntimeWarning, match="not converged"):
+        low = check_cutoff(model, PUMPING, 0.2, backend=backend)
+    assert not low["converged"] and low["ergotropy_change"] > 1e-4
+    assert check_cutoff(DickeBattery(omegas=[0.5] * 4, n_max=60), PUMPING, 0.2, backend=backend)["converged"]
+
+
 def test_driver_warns_on_truncated_aux(backend):
     model = DickeBattery(omegas=ENV1, n_max=10)
     with pytest.warns(RuntimeWarning, match="top level holds"):

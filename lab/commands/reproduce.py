@@ -1,4 +1,6 @@
-"""``qhil reproduce table1``: seed 000's Table 1 (and Figs. 1–2), resumable.
+"""``qhil reproduce table1``: seed 000's Table 1 (and Figs. 1–2), resumable; the other targets
+(Table 2, Table S1, Figs. S1–S2, history, robust) are in :mod:`.paper_results` and share
+this job runner (:func:`run_jobs`) and run store.
 
     nice -n 10 qhil reproduce table1 --jobs 2                             # start or resume
     qhil reproduce table1 --report-only                                  # tables/figures so far
@@ -46,9 +48,15 @@ PAPER = {
 }
 
 
+#: Targets besides table1; their runs and reports live in :mod:`.paper_results`.
+MORE = ["table2", "tableS1", "figS1", "figS2", "history", "robust"]
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("reproduce", help="reproduce a table of seed 000 (resumable)")
-    s.add_argument("what", choices=["table1"])
+    s = sub.add_parser("reproduce", help="reproduce a table or figure of seed 000, or an extension (resumable)")
+    s.add_argument("what", choices=["table1"] + MORE,
+                   help="table1, table2 (robustness), tableS1 (T_0.9), figS1 (seed spread), "
+                        "figS2 (reward weight), history (observation window), robust (domain randomisation)")
     s.add_argument("--jobs", type=int, default=2, help="training processes at a time")
     s.add_argument("--seeds", type=int, default=5)
     s.add_argument("--envs", default=",".join(ENVS))
@@ -56,9 +64,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--total-steps", type=int, default=30_000, help="environment steps per run (resume with the same value)")
     s.add_argument("--config", type=Path, default=None, help="SAC options file passed to every run")
     s.add_argument("--train-args", default="", help="extra flags for every `qhil train`, e.g. '--hidden 256,256'")
-    s.add_argument("--work-dir", type=Path, default=Path("runs/table1"))
+    s.add_argument("--work-dir", type=Path, default=None,
+                   help="run store + checkpoints (default runs/table1 for table1, tableS1, figS1; "
+                        "runs/extended for the others)")
     s.add_argument("--out-dir", type=Path, default=Path("docs/results"))
     s.add_argument("--report-only", action="store_true", help="only aggregate what has finished")
+    from .paper_results import add_arguments
+    add_arguments(s)
     s.set_defaults(func=run)
 
 
@@ -71,12 +83,16 @@ def _summary_path(work: Path, run: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.what != "table1":
+        from .paper_results import run_target
+        return run_target(args)
     envs, regimes = args.envs.split(","), args.regimes.split(",")
-    work, out = args.work_dir, args.out_dir
+    work, out = args.work_dir or Path("runs/table1"), args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
-        jobs = [(e, r, s) for s in range(args.seeds) for e in envs for r in regimes]
-        _run_jobs(jobs, args, work)
+        jobs = [(_run_name(e, r, s), ["--env", e, "--regime", r, "--seed", str(s)])
+                for s in range(args.seeds) for e in envs for r in regimes]
+        run_jobs(jobs, args, work)
         for env in envs:                 # ceilings last: training is the long part
             _ensure_grape(env, out)
     rows = write_table(envs, regimes, work, out, args.seeds)
@@ -93,20 +109,21 @@ def _ensure_grape(env: str, out: Path) -> None:
                         "--out", str(path)], check=True)
 
 
-def _run_jobs(jobs: list[tuple[str, str, int]], args: argparse.Namespace, work: Path) -> None:
-    """Run the unfinished jobs, ``args.jobs`` processes at a time (each resumes its checkpoint)."""
-    pending = [j for j in jobs if not _summary_path(work, _run_name(*j)).exists()]
-    print(f"table1: {len(jobs) - len(pending)} of {len(jobs)} runs already finished; "
+def run_jobs(jobs: list[tuple[str, list[str]]], args: argparse.Namespace, work: Path) -> None:
+    """Run the unfinished jobs (run name, ``qhil train`` flags), ``args.jobs`` processes at a
+    time; each resumes its checkpoint. ``--total-steps``, ``--config`` and ``--train-args``
+    apply to every job."""
+    pending = [j for j in jobs if not _summary_path(work, j[0]).exists()]
+    print(f"{args.what}: {len(jobs) - len(pending)} of {len(jobs)} runs already finished; "
           f"{len(pending)} to go, {args.jobs} at a time (work dir {work})", file=sys.stderr)
     running: list[tuple[subprocess.Popen, str]] = []
     (work / "logs").mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     while pending or running:
         while pending and len(running) < args.jobs:
-            env, regime, seed = pending.pop(0)
-            name = _run_name(env, regime, seed)
-            cmd = [sys.executable, "-m", "qhil.lab.cli", "train", "--env", env, "--regime", regime,
-                   "--seed", str(seed), "--total-steps", str(args.total_steps), "--run-dir", str(work),
+            name, flags = pending.pop(0)
+            cmd = [sys.executable, "-m", "qhil.lab.cli", "train", *flags, "--run", name,
+                   "--total-steps", str(args.total_steps), "--run-dir", str(work),
                    "--no-progress", "--json", str(_summary_path(work, name))]
             if args.config is not None:
                 cmd += ["--config", str(args.config)]

@@ -8,12 +8,26 @@ Every episode goes to the run store (``<run-dir>/runs.sqlite``); a checkpoint
 command resumes from it. The summary printed (and written with ``--json``) reports both
 figures, labelled: ``best_explored`` (best terminal ergotropy of any training episode,
 the paper's Table 1 metric) and ``deterministic`` (the trained policy's mean-action episode).
+
+Beyond Table 1 (issue 7):
+
+    qhil train --eval-envs env1,env2,env3 --eval-every 20     # Table 2: select by mean over envs
+    qhil train --weight 0.5                                   # fixed w of Eq. (11) (Fig. S2)
+    qhil train --regime energies --history 4                  # last 4 observations (Sec. V (i))
+    qhil train --omega-range 0.5,1.5 --eval-random 8 --test-random 32   # domain randomisation
+
+With ``--eval-envs``/``--eval-random`` the deterministic policy is evaluated every
+``--eval-every`` episodes on those envs (named ones and/or random validation realisations,
+seed 1001) and the policy with the best mean terminal ergotropy is kept; the summary's
+``selection`` holds the history, the selected evaluation and, for the selected policy,
+Env1–Env3 and ``--test-random`` held-out realisations (seed 2002).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,21 +50,63 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="stop once the best explored ergotropy reaches this value")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--json", type=Path, default=None, help="write the summary here")
+    s.add_argument("--weight", type=float, default=None,
+                   help="fixed reward weight w in [0, 1] of Eq. (11) instead of the schedule of Eq. (12)")
+    s.add_argument("--history", type=int, default=None, help="observation window: the last K observations")
+    s.add_argument("--omega-range", type=_pair, default=None,
+                   help="domain randomisation: ω_j ~ U[lo, hi] every episode, e.g. 0.5,1.5")
+    s.add_argument("--omega-spread", type=float, default=None,
+                   help="domain randomisation: ω_j ~ ω_j(env) (1 + U[−s, s]) every episode")
+    s.add_argument("--omega-seed", type=int, default=None, help="seed of the ω draws (default: the SAC seed)")
+    s.add_argument("--eval-envs", default="", help="comma-separated envs for checkpoint selection, e.g. env1,env2,env3")
+    s.add_argument("--eval-random", type=int, default=0,
+                   help="also select on this many random validation realisations U[0.5, 1.5]^N (seed 1001)")
+    s.add_argument("--eval-every", type=int, default=20, help="episodes between selection evaluations")
+    s.add_argument("--test-random", type=int, default=0,
+                   help="evaluate the selected policy on this many held-out realisations (seed 2002)")
     for f in dataclasses.fields(SACConfig):       # every SAC option as a flag, e.g. --batch-size
         flag = "--" + f.name.replace("_", "-")
         if f.name == "hidden":
             s.add_argument(flag, type=lambda t: tuple(int(x) for x in t.split(",")), default=None,
                            help="hidden layer sizes, e.g. 512,256")
         else:
-            typ = int if isinstance(f.default, int) else float
+            typ = str if isinstance(f.default, str) else int if isinstance(f.default, int) else float
             s.add_argument(flag, type=typ, default=None, help=f"SAC {f.name} (default {f.default})")
     s.set_defaults(func=run)
+
+
+#: Seeds of the random validation (selection) and test (report) disorder realisations.
+VALIDATION_SEED, TEST_SEED = 1001, 2002
+
+
+def _pair(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected lo,hi, got {text!r}")
+    return float(parts[0]), float(parts[1])
+
+
+def fixed_weight_schedule(w: float) -> tuple[float, float]:
+    """(w_mean, w_width) of Eq. (12) that hold w(n) = w: a fixed weight as a flat schedule
+    (|w(n) − w| ≈ n/(4 w_width) < 1e-9 for runs up to 10⁶ steps, even with the schedule scaled
+    down 1000× by :meth:`SACConfig.scaled`; exactly 0 or 1 at the ends)."""
+    from qhil.drivers import ValidationError
+    if isinstance(w, bool) or not (isinstance(w, (int, float)) and 0.0 <= w <= 1.0):
+        raise ValidationError("weight", f"{w!r}", "a number in [0, 1]")
+    width = 1e18
+    if w == 0.0:
+        return -1e21, width
+    if w == 1.0:
+        return 1e21, width
+    return -math.log(1.0 / w - 1.0) * width, width
 
 
 def sac_config(args: argparse.Namespace) -> Any:
     from qhil.agents.sac_config import SACConfig
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(SACConfig)}
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    if getattr(args, "weight", None) is not None:
+        overrides["w_mean"], overrides["w_width"] = fixed_weight_schedule(args.weight)
     if args.config is not None:
         return SACConfig.from_file(args.config, **overrides)
     return SACConfig.from_dict(overrides)
@@ -60,12 +116,22 @@ def run(args: argparse.Namespace) -> int:
     summary = train_run(env=args.env, regime=args.regime, cfg=sac_config(args), run_dir=args.run_dir,
                         run=args.run, backend=args.backend, n_envs=args.n_envs,
                         checkpoint_every=args.checkpoint_every, target=args.target,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, history=args.history,
+                        omega_range=args.omega_range, omega_spread=args.omega_spread,
+                        omega_seed=args.omega_seed, weight=args.weight,
+                        eval_envs=[e for e in args.eval_envs.split(",") if e],
+                        eval_random=args.eval_random, eval_every=args.eval_every,
+                        test_random=args.test_random)
     text = json.dumps(summary, indent=1)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text)
     b, d = summary["best_explored"], summary["deterministic"]
+    if "selection" in summary and summary["selection"]["selected"] is not None:
+        sel = summary["selection"]
+        print(f"{summary['run']}: selected policy (episode {sel['selected']['episode']}, mean "
+              f"{sel['selected']['mean']:.4f} over {', '.join(sel['selected']['ergotropy'])}): "
+              + ", ".join(f"{k} {v:.4f}" for k, v in sel["report"].items()), file=sys.stderr)
     print(f"{summary['run']}: best explored ergotropy {b['ergotropy']:.4f} (Table 1 metric), "
           f"deterministic policy {d['ergotropy']:.4f}; {summary['steps']} steps, {summary['wall_s']:.0f} s "
           f"({summary['steps_per_s']:.0f} env-steps/s, {summary['updates_per_s']:.0f} updates/s)",
@@ -75,38 +141,114 @@ def run(args: argparse.Namespace) -> int:
 
 def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = None,
               backend: str = "statevector", n_envs: int = 1, checkpoint_every: int = 200,
-              target: float | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train (resuming if a checkpoint exists), evaluate, record; return the summary."""
+              target: float | None = None, progress: bool = True, history: int | None = None,
+              omega_range: tuple[float, float] | None = None, omega_spread: float | None = None,
+              omega_seed: int | None = None, weight: float | None = None,
+              eval_envs: list[str] | None = None, eval_random: int = 0, eval_every: int = 20,
+              test_random: int = 0) -> dict[str, Any]:
+    """Train (resuming if a checkpoint exists), evaluate, record; return the summary.
+
+    history:      observation window (:class:`~qhil.envs.history.HistoryVectorEnv`), None = off
+    omega_range / omega_spread / omega_seed: domain randomisation
+                  (:class:`~qhil.envs.robust.RandomisedChargingEnv`); seed default ``cfg.seed``
+    weight:       fixed w of Eq. (11) (recorded in the config; ``cfg`` must already hold the
+                  flat schedule of :func:`fixed_weight_schedule`, as :func:`sac_config` does)
+    eval_envs / eval_random / eval_every: checkpoint selection by the mean deterministic
+                  terminal ergotropy (:class:`~qhil.agents.selection.CrossEnvSelector`) over
+                  named envs and random validation realisations (seed ``VALIDATION_SEED``)
+    test_random:  held-out realisations (seed ``TEST_SEED``) for the selected policy's report
+    """
+    import numpy as np
+
     from qhil.agents.runstore import RunStore
     from qhil.agents.sac import SAC
+    from qhil.agents.selection import CrossEnvSelector
     from qhil.agents.training import evaluate, train_off_policy
-    from qhil.envs import make_charging_env
+    from qhil.drivers import create_backend
+    from qhil.envs import ENVIRONMENTS, ChargingVectorEnv, DickeBattery, check_cutoff, make_charging_env
+    from qhil.envs.history import HistoryVectorEnv
+    from qhil.envs.robust import RandomisedChargingEnv, heldout_realisations
+    from qhil.drivers import ValidationError
+    if weight is not None:
+        fixed_weight_schedule(weight)                # validates
+    for name in eval_envs or []:
+        if name not in ENVIRONMENTS:
+            raise ValidationError("eval_envs", f"unknown environment {name!r}", ", ".join(ENVIRONMENTS))
+    for name, n in (("eval_random", eval_random), ("test_random", test_random)):
+        if not (isinstance(n, int) and 0 <= n <= 10_000):
+            raise ValidationError(name, f"{n!r}", "an integer in [0, 10000] (realisations)")
+    if not (isinstance(eval_every, int) and eval_every >= 1):
+        raise ValidationError("eval_every", f"{eval_every!r}", "an integer ≥ 1 (episodes)")
     cfg = cfg.scaled()
     run = run or f"{env}/{regime}/seed{cfg.seed}"
     run_dir = Path(run_dir)
-    venv = make_charging_env(env, regime, n_envs=n_envs, backend=backend,
-                             w_mean=cfg.w_mean, w_width=cfg.w_width)
+    randomised = omega_range is not None or omega_spread is not None
+    if randomised:
+        venv: Any = RandomisedChargingEnv(DickeBattery(omegas=ENVIRONMENTS[env]), regime=regime,
+                                          omega_range=omega_range, omega_spread=omega_spread,
+                                          omega_seed=cfg.seed if omega_seed is None else omega_seed,
+                                          n_envs=n_envs, backend=backend, w_mean=cfg.w_mean, w_width=cfg.w_width)
+    else:
+        venv = make_charging_env(env, regime, n_envs=n_envs, backend=backend,
+                                 w_mean=cfg.w_mean, w_width=cfg.w_width)
+    if history is not None:
+        venv = HistoryVectorEnv(venv, history)
     agent = SAC(venv.obs_dim, venv.action_low, venv.action_high, cfg)
     store = RunStore(run_dir / "runs.sqlite")
-    config = {"env": env, "regime": regime, "backend": backend, "n_envs": n_envs, "sac": cfg.to_dict()}
+    config: dict[str, Any] = {"env": env, "regime": regime, "backend": backend, "n_envs": n_envs,
+                              "sac": cfg.to_dict()}
+    extra = {"history": history, "omega_range": list(omega_range) if omega_range else None,
+             "omega_spread": omega_spread, "omega_seed": omega_seed if randomised and omega_seed is not None
+             else (cfg.seed if randomised else None), "weight": weight,
+             "eval_envs": eval_envs or None, "eval_random": eval_random or None}
+    config |= {k: v for k, v in extra.items() if v is not None}
+
+    eval_backend = create_backend(backend) if isinstance(backend, str) else backend   # one prefix cache
+
+    def fixed_env(omegas: tuple[float, ...]) -> Any:
+        e: Any = ChargingVectorEnv(DickeBattery(omegas=omegas), regime=regime, backend=eval_backend, weight=0.0)
+        return HistoryVectorEnv(e, history) if history is not None else e
+
+    select_envs = {name: fixed_env(ENVIRONMENTS[name]) for name in (eval_envs or [])}
+    select_envs |= {f"val{i}": fixed_env(w) for i, w in enumerate(heldout_realisations(eval_random, VALIDATION_SEED))}
     stop = (lambda st: st.best >= target) if target is not None else None
+    selector = None
+    if select_envs:
+        selector = CrossEnvSelector(agent, select_envs, every=eval_every,
+                                    path=run_dir / (run.replace("/", "_") + "_select.pt"), then=stop)
+        stop = selector
     state = train_off_policy(agent, venv, store=store, run=run, config=config,
                              checkpoint=run_dir / (run.replace("/", "_") + ".pt"),
                              checkpoint_every=checkpoint_every, progress=progress, stop=stop)
-    ev = evaluate(agent, make_charging_env(env, regime, backend=backend, weight=0.0), state)
-    if ev["best_explored"]["protocol"] and venv.has_density:   # as Erdman et al.: re-check at 2 n_max
-        import numpy as np
-
-        from qhil.envs import check_cutoff
+    final_env = fixed_env(ENVIRONMENTS[env])
+    ev = evaluate(agent, final_env, state)
+    if ev["best_explored"]["protocol"] and venv.has_density and not randomised:
+        # as Erdman et al.: re-check the best protocol at twice the photon cutoff
         cut = check_cutoff(venv.battery, np.reshape(ev["best_explored"]["protocol"], (-1, 1)), venv.dt)
         ev["best_explored"]["doubled_cutoff_change"] = cut["ergotropy_change"]
+    if selector is not None:
+        if not selector.history or selector.history[-1]["episode"] != state.episode:
+            selector.record(state.episode, state.step)          # the final policy is a candidate too
+        selected = selector.restore_best()
+        report_envs = {name: fixed_env(w) for name, w in ENVIRONMENTS.items()}
+        test = {f"test{i}": fixed_env(w) for i, w in enumerate(heldout_realisations(test_random, TEST_SEED))}
+        report = selector.evaluate_on(report_envs)
+        test_erg = selector.evaluate_on(test)
+        if test_erg:
+            report["heldout_mean"] = float(np.mean(list(test_erg.values())))
+            report["heldout_min"] = float(np.min(list(test_erg.values())))
+        ev["selection"] = {"every": eval_every, "history": selector.history, "selected": selected,
+                           "report": report, "heldout": test_erg,
+                           "heldout_omegas": heldout_realisations(test_random, TEST_SEED)}
     summary = {"run": run, "env": env, "regime": regime, "seed": cfg.seed, "steps": state.step,
                "episodes": state.episode, "updates": state.updates, "wall_s": state.wall,
                "steps_per_s": state.step / max(state.wall, 1e-9),
                "updates_per_s": state.updates / max(state.wall, 1e-9), **ev, "config": config}
-    store.finish_run(run, {k: summary[k] for k in ("steps", "episodes", "updates", "wall_s")}
-                     | {"best_explored": ev["best_explored"]["ergotropy"],
-                        "deterministic": ev["deterministic"]["ergotropy"],
-                        "deterministic_protocol": ev["deterministic"]["protocol"]})
+    finish = {k: summary[k] for k in ("steps", "episodes", "updates", "wall_s")} | {
+        "best_explored": ev["best_explored"]["ergotropy"], "deterministic": ev["deterministic"]["ergotropy"],
+        "deterministic_protocol": ev["deterministic"]["protocol"]}
+    if selector is not None:
+        finish["selection_report"] = ev["selection"]["report"]
+    store.finish_run(run, finish)
     store.close()
     return summary

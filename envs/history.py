@@ -1,0 +1,76 @@
+"""A window of past observations for the partially observed charging regimes (seed 000, Sec. V (i)).
+
+A memoryless policy π(a_k | o_k) cannot tell apart quantum states that give the same
+readout o_k (aliasing, Sec. III A). :class:`HistoryVectorEnv` hands the policy the last
+``window`` observations instead, newest last:
+
+    õ_k = [o_{k−window+1}, …, o_{k−1}, o_k]          (window × D floats)
+
+where each o includes the previous action a_{k−1} and the time t_k/τ, so the window also
+carries the last ``window`` actions. Slots before the start of the episode are zeros
+(zero-padding at reset). The physics, the reward and ``info`` are the wrapped env's.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from qhil.drivers import ValidationError
+
+#: Largest window accepted (the episode has K = 28 steps by default).
+MAX_WINDOW = 64
+
+
+class HistoryVectorEnv:
+    """Stack the last ``window`` observations of a charging vector env.
+
+    env:     a :class:`~qhil.envs.charging.ChargingVectorEnv` (or anything with its API)
+    window:  observations kept, 1 ≤ window ≤ 64 (1 = the plain observation)
+
+    Everything the training loop reads or sets (``n_envs``, ``n_steps``, ``n_step``,
+    ``w_mean``, ``w_width``, ``weight``, ``controls``, ``battery`` …) is the wrapped env's.
+    """
+
+    _OWN = {"env", "window", "obs_dim", "obs_low", "obs_high", "_stack", "base_dim"}
+
+    def __init__(self, env: Any, window: int) -> None:
+        if not (isinstance(window, (int, np.integer)) and 1 <= window <= MAX_WINDOW):
+            raise ValidationError("window", f"{window!r}", f"an integer in [1, {MAX_WINDOW}]")
+        object.__setattr__(self, "env", env)
+        object.__setattr__(self, "window", int(window))
+        object.__setattr__(self, "base_dim", int(env.obs_dim))
+        object.__setattr__(self, "obs_dim", int(window) * int(env.obs_dim))
+        # padding slots are zeros: the bounds must admit 0
+        lo = np.minimum(np.tile(env.obs_low, window), 0.0).astype(np.float32)
+        hi = np.maximum(np.tile(env.obs_high, window), 0.0).astype(np.float32)
+        object.__setattr__(self, "obs_low", lo)
+        object.__setattr__(self, "obs_high", hi)
+        object.__setattr__(self, "_stack", np.zeros((env.n_envs, self.obs_dim), np.float32))
+
+    # -- delegation: reads and writes of everything else go to the wrapped env -------------
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.env, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._OWN:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.env, name, value)
+
+    def _push(self, obs: np.ndarray) -> np.ndarray:
+        d = self.base_dim
+        self._stack[:, :-d] = self._stack[:, d:]
+        self._stack[:, -d:] = obs
+        return self._stack.copy()
+
+    def reset(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Reset the wrapped env; the window is zeros but for the k = 0 observation (last slot)."""
+        obs, info = self.env.reset()
+        self._stack[:] = 0.0
+        return self._push(obs), info
+
+    def step(self, actions: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                   np.ndarray, dict[str, np.ndarray]]:
+        obs, reward, done, trunc, info = self.env.step(actions)
+        return self._push(obs), reward, done, trunc, info

@@ -1,0 +1,305 @@
+"""Issue 7: Table 2 / Table S1 / Figs. S1–S2 of seed 000 and its Sec. V extensions
+(observation history, domain randomisation)."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from qhil.agents.runstore import RunStore
+from qhil.agents.sac_config import SACConfig
+from qhil.agents.selection import CrossEnvSelector, select_best
+from qhil.drivers import ValidationError, create_backend
+from qhil.envs import ENV1, ChargingVectorEnv, DickeBattery
+from qhil.envs.history import HistoryVectorEnv
+from qhil.envs.robust import RandomisedChargingEnv, heldout_realisations
+from qhil.lab.cli import main
+from qhil.lab.commands.paper_results import gap_closed, mean_ci, t_reach
+from qhil.lab.commands.reproduce import t_half_width
+from qhil.lab.commands.train import fixed_weight_schedule
+
+
+# -- Table S1: T_0.9 ------------------------------------------------------------------------
+def test_t_reach_on_a_hand_made_curve():
+    erg = [1.0, 0.5, 2.0, 3.0, 9.5, 10.0, 4.0]       # best so far 1 1 2 3 9.5 10 10; 0.9·10 = 9
+    assert t_reach(erg) == 5                         # the 5th episode is the first ≥ 9
+    assert t_reach(erg, fraction=1.0) == 6
+    assert t_reach(erg, fraction=0.25) == 4          # 2.5: 3.0 at the 4th episode
+    assert t_reach([0.0, 0.0]) == 1
+
+
+def test_t_reach_rejects_bad_input():
+    with pytest.raises(ValueError, match="ergotropy"):
+        t_reach([])
+    with pytest.raises(ValueError, match="fraction"):
+        t_reach([1.0], fraction=0.0)
+
+
+# -- confidence intervals -------------------------------------------------------------------
+def test_ci_half_width_matches_scipy_t():
+    x = [3.1, 3.5, 2.9, 3.3, 3.8]
+    lo, hi = stats.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=stats.sem(x))
+    assert t_half_width(x) == pytest.approx((hi - lo) / 2, rel=1e-12)
+    assert t_half_width(x) != pytest.approx(1.96 * stats.sem(x), rel=1e-3)    # Student-t, not normal
+    m, h, n = mean_ci(x + [float("nan")])                                   # NaN (missing) dropped
+    assert (m, n) == (pytest.approx(np.mean(x)), 5) and h == pytest.approx((hi - lo) / 2)
+    assert math.isnan(t_half_width([1.0]))
+
+
+# -- Table 2: checkpoint selection by the mean across envs ----------------------------------
+class _Agent:
+    """λ = the actor's bias, whatever the observation."""
+
+    def __init__(self) -> None:
+        self.actor = torch.nn.Linear(1, 1)
+
+    def act(self, obs, deterministic=False):
+        return np.full((len(obs), 1), float(self.actor.bias.detach()[0]))
+
+    def set(self, value: float) -> None:
+        with torch.no_grad():
+            self.actor.bias.fill_(value)
+
+
+class _Env:
+    """One-step episode whose terminal 'ergotropy' is a + b·λ."""
+
+    n_envs = 1
+
+    def __init__(self, a: float, b: float) -> None:
+        self.a, self.b, self._c = a, b, np.zeros((1, 0))
+
+    def reset(self):
+        self._c = np.zeros((1, 0))
+        return np.zeros((1, 1), np.float32), {"ergotropy": np.zeros(1), "energy": np.zeros(1)}
+
+    def step(self, lam):
+        self._c = np.asarray(lam, float).reshape(1, 1)
+        erg = np.array([self.a + self.b * self._c[0, 0]])
+        return np.zeros((1, 1), np.float32), erg, np.ones(1, bool), np.zeros(1, bool), \
+            {"ergotropy": erg, "energy": erg}
+
+    @property
+    def controls(self):
+        return self._c
+
+
+class _State:
+    def __init__(self, episode: int, step: int = 0) -> None:
+        self.episode, self.step = episode, step
+
+
+def test_select_best_on_a_fake_history():
+    hist = [{"episode": 0, "mean": 0.4}, {"episode": 20, "mean": 0.45}, {"episode": 40, "mean": 0.25},
+            {"episode": 60, "mean": 0.45}]
+    assert select_best(hist) == 1          # the first of two equal maxima
+    assert select_best([]) == -1
+
+
+def test_selector_keeps_the_policy_of_best_mean_not_best_env1(tmp_path):
+    agent = _Agent()
+    envs = {"env1": _Env(0.0, 1.0), "env2": _Env(1.0, -2.0)}          # env1: λ, env2: 1 − 2λ
+    sel = CrossEnvSelector(agent, envs, every=10, path=tmp_path / "sel.pt")
+    # λ = 0.2 → (0.2, 0.6) mean 0.4;  0.5 → (0.5, 0.0) mean 0.25 (best on env1);  0.1 → (0.1, 0.8) mean 0.45
+    for episode, lam in [(0, 0.2), (5, 0.9), (10, 0.5), (20, 0.1), (30, 0.3)]:
+        agent.set(lam)
+        sel(_State(episode))
+    assert [h["episode"] for h in sel.history] == [0, 10, 20, 30]        # every 10 episodes; 5 skipped
+    best = sel.best()
+    assert best["episode"] == 20 and best["ergotropy"]["env1"] == pytest.approx(0.1)
+    assert best["mean"] == pytest.approx(0.45)
+    agent.set(0.9)
+    sel.restore_best()
+    assert float(agent.actor.bias.detach()[0]) == pytest.approx(0.1)
+    # persisted; a run resumed from episode 15 forgets the evaluations after it
+    again = CrossEnvSelector(agent, envs, every=10, path=tmp_path / "sel.pt")
+    assert [h["episode"] for h in again.history] == [0, 10, 20, 30]
+    again.prune(15)
+    assert again.best()["episode"] == 0
+    agent.set(0.9)
+    again.restore_best()
+    assert float(agent.actor.bias.detach()[0]) == pytest.approx(0.2)
+
+
+# -- Fig. S2: a fixed reward weight -----------------------------------------------------------
+@pytest.mark.parametrize("w", [0.0, 0.5, 0.25, 1.0])
+def test_fixed_weight_schedule_is_flat(w):
+    m, width = fixed_weight_schedule(w)
+    cfg = SACConfig(w_mean=m, w_width=width, total_steps=10_000).scaled()
+    for n in (0, 5_000, 10_000, 1_000_000):
+        assert cfg.reward_weight(n) == pytest.approx(w, abs=1e-9)
+    assert SACConfig(total_steps=10_000).scaled().reward_weight(10_000) < 0.5   # the schedule is not flat
+
+
+def test_fixed_weight_rejects_out_of_range():
+    with pytest.raises(ValueError, match="weight"):
+        fixed_weight_schedule(1.5)
+
+
+# -- domain randomisation ---------------------------------------------------------------------
+def _omegas(seed, resets=3, **kw):
+    env = RandomisedChargingEnv(regime="energies", n_steps=2, tau=0.4, omega_seed=seed, **kw)
+    out = []
+    for _ in range(resets):
+        _, info = env.reset()
+        out.append(env.battery.omegas)
+        assert np.allclose(info["omegas"][0], env.battery.omegas)
+    return np.array(out)
+
+
+def test_randomised_omegas_in_range_and_reproducible():
+    a = _omegas(3, omega_range=(0.6, 1.4))
+    assert a.shape == (3, 4) and np.all((a >= 0.6) & (a <= 1.4))
+    assert len({tuple(r) for r in a}) == 3                      # new ω every episode
+    assert np.array_equal(a, _omegas(3, omega_range=(0.6, 1.4)))
+    assert not np.allclose(a, _omegas(4, omega_range=(0.6, 1.4)))
+    s = _omegas(5, omega_spread=0.1)
+    assert np.all(np.abs(s / np.array(ENV1) - 1) <= 0.1) and not np.allclose(s, ENV1)
+
+
+def test_randomised_episode_uses_the_drawn_omegas():
+    acts = [0.3, -0.2, 0.25]
+    env = RandomisedChargingEnv(regime="second_order", n_steps=3, tau=0.6, omega_range=(0.5, 1.5),
+                                omega_seed=11, weight=0.0)
+    obs, _ = env.reset()
+    drawn = env.battery.omegas
+    ref = ChargingVectorEnv(DickeBattery(omegas=drawn), regime="second_order", n_steps=3, tau=0.6, weight=0.0)
+    nominal = ChargingVectorEnv(DickeBattery(omegas=ENV1), regime="second_order", n_steps=3, tau=0.6, weight=0.0)
+    r_obs, _ = ref.reset()
+    nominal.reset()
+    assert np.allclose(obs, r_obs, atol=1e-7)
+    for a in acts:
+        o, r, _, _, info = env.step([a])
+        ro, rr, _, _, rinfo = ref.step([a])
+        _, _, _, _, ninfo = nominal.step([a])
+        assert np.allclose(o, ro, atol=1e-6) and np.allclose(r, rr, atol=1e-12)
+        assert np.allclose(info["tls_energies"], rinfo["tls_energies"], atol=1e-12)
+    assert info["ergotropy"][0] == pytest.approx(rinfo["ergotropy"][0], abs=1e-12)
+    assert abs(info["ergotropy"][0] - ninfo["ergotropy"][0]) > 1e-3   # the drawn ω matter
+
+
+def test_randomisation_options_validated():
+    with pytest.raises(ValidationError, match="omega_range"):
+        RandomisedChargingEnv(omega_range=(1.5, 0.5))
+    with pytest.raises(ValidationError, match="omega_spread"):
+        RandomisedChargingEnv(omega_spread=1.5)
+    with pytest.raises(ValidationError, match="exactly one"):
+        RandomisedChargingEnv()
+
+
+def test_heldout_realisations_are_reproducible_and_distinct():
+    a, b = heldout_realisations(4, 2002), heldout_realisations(4, 1001)
+    assert a == heldout_realisations(4, 2002) and not set(a) & set(b)
+    assert all(0.5 <= w <= 1.5 for r in a for w in r)
+
+
+# -- the exact driver's propagator cache is bounded -----------------------------------------
+def test_propagator_cache_is_bounded_lru(monkeypatch):
+    from qhil.drivers import Experiment, MeasurementSchedule
+    be = create_backend("statevector")
+    monkeypatch.setattr(type(be), "MAX_PROPAGATORS", 3)
+    models = [DickeBattery(omegas=(0.9 + 0.1 * i, 1.1), n_max=16) for i in range(5)]
+    sched = MeasurementSchedule("energies", final_only=True)
+    first = be.run([Experiment(models[0], np.full((3, 1), 0.3), 0.2, sched)])[0].values
+    for m in models[1:]:
+        be.propagator(m)
+    assert len(be._props) == 3 and models[0].key not in be._props
+    assert list(be._props) == [m.key for m in models[2:]]
+    be.propagator(models[2])                                       # a hit moves it to the end
+    assert list(be._props)[-1] == models[2].key
+    be.clear_cache()
+    again = be.run([Experiment(models[0], np.full((3, 1), 0.3), 0.2, sched)])[0].values
+    assert np.allclose(first, again, atol=1e-13)                   # rebuilt after eviction: same physics
+    assert len(be._props) == 3
+
+
+# -- observation history --------------------------------------------------------------------
+def test_history_window_holds_past_observations_and_zero_pads():
+    base = ChargingVectorEnv(regime="energies", n_steps=4, tau=0.8)
+    plain = ChargingVectorEnv(regime="energies", n_steps=4, tau=0.8)
+    env = HistoryVectorEnv(base, window=3)
+    d = plain.obs_dim
+    assert env.obs_dim == 3 * d and env.n_steps == 4
+    seen = [plain.reset()[0]]
+    obs, _ = env.reset()
+    assert np.all(obs[:, :2 * d] == 0) and np.allclose(obs[:, 2 * d:], seen[0])
+    for k, a in enumerate([0.3, -0.1, 0.2, 0.0]):
+        obs, *_ = env.step([a])
+        seen.append(plain.step([a])[0])
+        window = [np.zeros_like(seen[0])] * 3 + seen
+        assert np.allclose(obs, np.concatenate(window[-3:], axis=1)), k
+    obs, _ = env.reset()                                            # a new episode: padding again
+    assert np.all(obs[:, :2 * d] == 0)
+    env.n_step = 123                                               # the training loop's writes reach the env
+    assert base.n_step == 123
+    assert np.all(env.obs_low <= 0) and np.all(env.obs_high >= 0)
+    with pytest.raises(ValidationError, match="window"):
+        HistoryVectorEnv(base, window=0)
+
+
+def test_gap_closed():
+    assert gap_closed(3.6, 3.85, 4.1) == pytest.approx(0.5)
+    assert gap_closed(3.6, 3.5, 4.1) < 0
+
+
+# -- reports from recorded runs (no training) ---------------------------------------------
+def _fake_summary(path, report):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"steps": 100, "best_explored": {"ergotropy": 1.0},
+                                "deterministic": {"ergotropy": 1.0},
+                                "selection": {"report": report, "heldout": {"test0": 1.0}}}))
+
+
+def test_table2_report_from_summaries(tmp_path, capsys):
+    work, out = tmp_path / "w", tmp_path / "o"
+    _fake_summary(work / "summaries" / "env1_second_order_seed0.json", {"env1": 3.0, "env2": 2.0, "env3": 2.5})
+    _fake_summary(work / "summaries" / "env1_second_order_seed1.json", {"env1": 3.2, "env2": 2.4, "env3": 2.7})
+    assert main(["reproduce", "table2", "--report-only", "--regimes", "second_order", "--seeds", "2",
+                 "--work-dir", str(work), "--out-dir", str(out)]) == 0
+    rows = {r.split(",")[1]: r.split(",") for r in (out / "table2.csv").read_text().splitlines()[1:]}
+    assert float(rows["env2"][2]) == pytest.approx(2.2)
+    assert float(rows["env2"][3]) == pytest.approx(t_half_width([2.0, 2.4]))
+    assert "1.7048" in capsys.readouterr().out                     # the paper's value beside ours
+    assert (out / "table2_robustness.png").exists()
+
+
+def test_tableS1_report_from_the_run_store(tmp_path, capsys):
+    work, out = tmp_path / "w", tmp_path / "o"
+    store = RunStore(work / "runs.sqlite")
+    for seed, erg in enumerate([[1.0, 2.0, 9.5, 10.0], [5.0, 9.0, 9.0, 9.0]]):       # T_0.9 = 3 and 2
+        run = f"env1/energies/seed{seed}"
+        store.start_run(run, {"env": "env1", "regime": "energies"})
+        best = np.maximum.accumulate(erg)
+        store.log_episodes(run, [{"episode": i, "step": 28 * (i + 1), "ret": e, "energy": e, "ergotropy": e,
+                                  "best": b, "weight": 0.0} for i, (e, b) in enumerate(zip(erg, best))])
+        store.finish_run(run, {})
+    store.close()
+    assert main(["reproduce", "tableS1", "--envs", "env1", "--regimes", "energies",
+                 "--work-dir", str(work), "--out-dir", str(out)]) == 0
+    row = (out / "tableS1.csv").read_text().splitlines()[1].split(",")
+    assert float(row[2]) == pytest.approx(2.5) and row[5] == "3 2"
+    assert "1744.0" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_reproduce_robust_end_to_end(tmp_path):
+    """A tiny domain-randomised run through the job runner, then its report (~1 min)."""
+    out = tmp_path / "o"
+    assert main(["reproduce", "robust", "--seeds", "1", "--total-steps", "120", "--jobs", "1",
+                 "--eval-random", "2", "--test-random", "2", "--eval-every", "2", "--work-dir", str(tmp_path / "w"),
+                 "--out-dir", str(out), "--train-args=--learning-starts 60 --hidden 16,16 --batch-size 16"]) == 0
+    s = json.loads(next((tmp_path / "w" / "summaries").glob("*dr0.5-1.5*")).read_text())
+    assert set(s["selection"]["selected"]["ergotropy"]) == {"val0", "val1"}    # selected on validation only
+    assert set(s["selection"]["heldout"]) == {"test0", "test1"}
+    assert (out / "robust.csv").exists()
+
+
+@pytest.mark.parametrize("flags, param", [(["--weight", "1.5"], "weight"), (["--eval-envs", "env9"], "eval_envs"),
+                                          (["--eval-every", "0", "--eval-envs", "env1"], "eval_every"),
+                                          (["--history", "0"], "window"),
+                                          (["--omega-range", "1.5,0.5"], "omega_range")])
+def test_train_rejects_bad_options_with_exit_2(tmp_path, capsys, flags, param):
+    assert main(["train", "--total-steps", "10", "--run-dir", str(tmp_path), "--no-progress", *flags]) == 2
+    assert param in capsys.readouterr().err
