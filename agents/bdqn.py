@@ -30,9 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from qhil.drivers import _validate as check
-from qhil.drivers import set_threads
-from qhil.drivers.threads import default_threads
 
+from .base import SeededAgent, gradient_step
 from .sac import mlp
 
 
@@ -79,19 +78,14 @@ class MultiHeadQ(nn.Module):
         return torch.stack([head(h) for head in self.heads], dim=1)
 
 
-class BootstrappedDQN:
+class BootstrappedDQN(SeededAgent):
     """K-headed Double DQN with bootstrap masks, over ``n_actions`` discrete actions."""
 
     def __init__(self, obs_dim: int, n_actions: int, config: BootstrappedDQNConfig | None = None,
                  reward_weights: Sequence[float] = (1.0, 1.0, 0.5)) -> None:
-        self.cfg = config or BootstrappedDQNConfig()
-        set_threads(torch=default_threads()["torch"])
-        torch.manual_seed(self.cfg.seed)
-        self.rng = np.random.default_rng(self.cfg.seed)
+        self._setup(config or BootstrappedDQNConfig(), reward_weights)
         self.obs_dim, self.n_actions, self.K = int(obs_dim), int(n_actions), self.cfg.heads
         self.act_dim = 1 + self.K                 # stored row: [a, m_1, …, m_K]
-        self._weights = np.asarray(reward_weights, np.float32)
-        self.n_reward_terms = len(self._weights)
         h = tuple(self.cfg.hidden)
         self.q = MultiHeadQ(self.obs_dim, h, self.n_actions, self.K)
         self.q_targ = MultiHeadQ(self.obs_dim, h, self.n_actions, self.K)
@@ -127,8 +121,6 @@ class BootstrappedDQN:
         masks = (self.rng.random((len(a), self.K)) < self.cfg.mask_prob).astype(np.float32)
         return np.concatenate([a, masks], axis=1)
 
-    def reward_weights(self, step: int) -> np.ndarray:
-        return self._weights
 
     # -- learning --------------------------------------------------------------------
     def td_targets(self, rewards: torch.Tensor, next_obs: torch.Tensor, dones: torch.Tensor) -> torch.Tensor:
@@ -148,10 +140,7 @@ class BootstrappedDQN:
         q = self.q(obs).gather(2, act[:, None, :].expand(-1, self.K, 1)).squeeze(2)   # (B, K)
         per = F.smooth_l1_loss(q, y, reduction="none")
         loss = (per * mask).sum() / mask.sum().clamp(min=1.0)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.q.parameters(), self.cfg.grad_clip)
-        self.opt.step()
+        gradient_step(self.opt, self.q.parameters(), loss, self.cfg.grad_clip)
         self.n_updates += 1
         if self.n_updates % self.cfg.target_update == 0:
             self.q_targ.load_state_dict(self.q.state_dict())
@@ -160,13 +149,11 @@ class BootstrappedDQN:
     # -- checkpoints -----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"q": self.q.state_dict(), "q_targ": self.q_targ.state_dict(), "opt": self.opt.state_dict(),
-                "head": self.head, "n_updates": self.n_updates, "rng": self.rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict()}
+                "head": self.head, "n_updates": self.n_updates, **self._rng_state()}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.q.load_state_dict(d["q"])
         self.q_targ.load_state_dict(d["q_targ"])
         self.opt.load_state_dict(d["opt"])
         self.head, self.n_updates = int(d["head"]), int(d["n_updates"])
-        self.rng.bit_generator.state = d["rng"]
-        torch.set_rng_state(d["torch_rng"])
+        self._load_rng_state(d)

@@ -24,9 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from qhil.drivers import _validate as check
-from qhil.drivers import set_threads
-from qhil.drivers.threads import default_threads
 
+from .base import SeededAgent
 from .sac import SoftQ, mlp
 
 
@@ -58,18 +57,13 @@ class DDPGConfig:
         return d
 
 
-class DDPG:
+class DDPG(SeededAgent):
     """Deterministic actor, one critic, target copies of both; actions in [−1, 1]^act_dim."""
 
     def __init__(self, obs_dim: int, act_dim: int, config: DDPGConfig | None = None,
                  reward_weights: Sequence[float] = (1.0, 1.0, 0.5)) -> None:
-        self.cfg = config or DDPGConfig()
-        set_threads(torch=default_threads()["torch"])
-        torch.manual_seed(self.cfg.seed)
-        self.rng = np.random.default_rng(self.cfg.seed)
+        self._setup(config or DDPGConfig(), reward_weights)
         self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
-        self._weights = np.asarray(reward_weights, np.float32)
-        self.n_reward_terms = len(self._weights)
         h = tuple(self.cfg.hidden)
         self.actor, self.actor_targ = mlp(self.obs_dim, h, self.act_dim), mlp(self.obs_dim, h, self.act_dim)
         self.q, self.q_targ = SoftQ(self.obs_dim, self.act_dim, h), SoftQ(self.obs_dim, self.act_dim, h)
@@ -99,8 +93,6 @@ class DDPG:
     def to_normalised(self, actions: np.ndarray) -> np.ndarray:
         return np.clip(np.asarray(actions, np.float32), -1.0, 1.0)
 
-    def reward_weights(self, step: int) -> np.ndarray:
-        return self._weights
 
     # -- learning --------------------------------------------------------------------
     def update(self, batch: dict[str, np.ndarray], step: int) -> dict[str, float]:
@@ -130,12 +122,10 @@ class DDPG:
         return {"actor": self.actor.state_dict(), "actor_targ": self.actor_targ.state_dict(),
                 "q": self.q.state_dict(), "q_targ": self.q_targ.state_dict(),
                 "actor_opt": self.actor_opt.state_dict(), "q_opt": self.q_opt.state_dict(),
-                "n_updates": self.n_updates, "rng": self.rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict()}
+                "n_updates": self.n_updates, **self._rng_state()}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         for name in ("actor", "actor_targ", "q", "q_targ", "actor_opt", "q_opt"):
             getattr(self, name).load_state_dict(d[name])
         self.n_updates = int(d["n_updates"])
-        self.rng.bit_generator.state = d["rng"]
-        torch.set_rng_state(d["torch_rng"])
+        self._load_rng_state(d)

@@ -29,9 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qhil.drivers import set_threads
-from qhil.drivers.threads import default_threads
 
+from .base import SeededAgent, gradient_step
 from .sac import mlp
 
 
@@ -60,7 +59,7 @@ class DQNConfig:
         return d
 
 
-class DQN:
+class DQN(SeededAgent):
     """Double DQN over ``n_actions`` discrete actions.
 
     obs_dim:        observation length
@@ -72,13 +71,8 @@ class DQN:
 
     def __init__(self, obs_dim: int, n_actions: int, config: DQNConfig | None = None,
                  reward_weights: Sequence[float] = (1.0, 1.0, 0.5)) -> None:
-        self.cfg = config or DQNConfig()
-        set_threads(torch=default_threads()["torch"])
-        torch.manual_seed(self.cfg.seed)
-        self.rng = np.random.default_rng(self.cfg.seed)
+        self._setup(config or DQNConfig(), reward_weights)
         self.obs_dim, self.n_actions = int(obs_dim), int(n_actions)
-        self._weights = np.asarray(reward_weights, np.float32)
-        self.n_reward_terms = len(self._weights)
         h = tuple(self.cfg.hidden)
         self.q = mlp(self.obs_dim, h, self.n_actions)
         self.q_targ = mlp(self.obs_dim, h, self.n_actions)
@@ -121,8 +115,6 @@ class DQN:
             self.end_step()
         return {"eps": self.eps}
 
-    def reward_weights(self, step: int) -> np.ndarray:
-        return self._weights
 
     # -- learning --------------------------------------------------------------------
     def td_target(self, rewards: torch.Tensor, next_obs: torch.Tensor, dones: torch.Tensor) -> torch.Tensor:
@@ -139,10 +131,7 @@ class DQN:
                            torch.as_tensor(batch["dones"]))
         q = self.q(obs).gather(1, act).squeeze(1)
         loss = F.smooth_l1_loss(q, y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.q.parameters(), self.cfg.grad_clip)
-        self.opt.step()
+        gradient_step(self.opt, self.q.parameters(), loss, self.cfg.grad_clip)
         self.n_updates += 1
         if self.n_updates % self.cfg.target_update == 0:
             self.q_targ.load_state_dict(self.q.state_dict())
@@ -151,13 +140,11 @@ class DQN:
     # -- checkpoints -----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"q": self.q.state_dict(), "q_targ": self.q_targ.state_dict(), "opt": self.opt.state_dict(),
-                "eps": self.eps, "n_updates": self.n_updates, "rng": self.rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict()}
+                "eps": self.eps, "n_updates": self.n_updates, **self._rng_state()}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.q.load_state_dict(d["q"])
         self.q_targ.load_state_dict(d["q_targ"])
         self.opt.load_state_dict(d["opt"])
         self.eps, self.n_updates = float(d["eps"]), int(d["n_updates"])
-        self.rng.bit_generator.state = d["rng"]
-        torch.set_rng_state(d["torch_rng"])
+        self._load_rng_state(d)

@@ -31,9 +31,8 @@ import torch
 import torch.nn as nn
 
 from qhil.drivers import _validate as check
-from qhil.drivers import set_threads
-from qhil.drivers.threads import default_threads
 
+from .base import SeededAgent, gradient_step
 
 @dataclass
 class PPOConfig:
@@ -108,7 +107,7 @@ def _mlp_tanh(n_in: int, hidden: tuple[int, ...], n_out: int, out_gain: float) -
     return nn.Sequential(*layers, out)
 
 
-class PPO:
+class PPO(SeededAgent):
     """PPO over ``n_actions`` discrete actions, trained on-policy by
     :func:`qhil.agents.training.train` (``uses_replay = False``; it learns in :meth:`observe`).
 
@@ -122,13 +121,8 @@ class PPO:
 
     def __init__(self, obs_dim: int, n_actions: int, config: PPOConfig | None = None,
                  reward_weights: Sequence[float] = (1.0, 1.0, 0.5)) -> None:
-        self.cfg = config or PPOConfig()
-        set_threads(torch=default_threads()["torch"])
-        torch.manual_seed(self.cfg.seed)
-        self.rng = np.random.default_rng(self.cfg.seed)
+        self._setup(config or PPOConfig(), reward_weights)
         self.obs_dim, self.n_actions = int(obs_dim), int(n_actions)
-        self._weights = np.asarray(reward_weights, np.float32)
-        self.n_reward_terms = len(self._weights)
         h = tuple(self.cfg.hidden)
         self.pi = _mlp_tanh(self.obs_dim, h, self.n_actions, 0.01)      # logits
         self.v = _mlp_tanh(self.obs_dim, h, 1, 1.0)
@@ -154,8 +148,6 @@ class PPO:
         u = self.rng.random((len(p), 1))
         return np.minimum((np.cumsum(p, -1) < u).sum(-1, keepdims=True), self.n_actions - 1)
 
-    def reward_weights(self, step: int) -> np.ndarray:
-        return self._weights
 
     @torch.no_grad()
     def value(self, obs: np.ndarray) -> np.ndarray:
@@ -207,10 +199,7 @@ class PPO:
                 surrogate = clipped_surrogate(logp, logp_old[idx], a, c.clip)
                 v_loss = ((self.v(obs[idx]).squeeze(-1) - ret_t[idx]) ** 2).mean()
                 loss = -surrogate + c.vf_coef * v_loss - c.ent_coef * entropy
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(list(self.pi.parameters()) + list(self.v.parameters()), c.grad_clip)
-                self.opt.step()
+                gradient_step(self.opt, list(self.pi.parameters()) + list(self.v.parameters()), loss, c.grad_clip)
                 self.n_updates += 1
                 stats = {"loss": loss.item(), "surrogate": surrogate.item(), "v_loss": v_loss.item(),
                          "entropy": entropy.item()}
@@ -220,8 +209,7 @@ class PPO:
     def state_dict(self) -> dict[str, Any]:
         return {"pi": self.pi.state_dict(), "v": self.v.state_dict(), "opt": self.opt.state_dict(),
                 "n_updates": self.n_updates, "buf": {k: list(v) for k, v in self.buf.items()},
-                "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                "config": self.cfg.to_dict()}
+                **self._rng_state()}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.pi.load_state_dict(d["pi"])
@@ -229,5 +217,4 @@ class PPO:
         self.opt.load_state_dict(d["opt"])
         self.n_updates = int(d["n_updates"])
         self.buf = {k: list(v) for k, v in d["buf"].items()}
-        self.rng.bit_generator.state = d["rng"]
-        torch.set_rng_state(d["torch_rng"])
+        self._load_rng_state(d)

@@ -33,7 +33,6 @@ environment step (on-policy agents learn here).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass, field
