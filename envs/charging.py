@@ -25,6 +25,8 @@ Observation layout (float32), for N two-level systems:
     second_order  E_j, ⟨X_j⟩, ⟨Y_j⟩, ⟨α_i β_j⟩ (i < j)      (3N + 9 N(N−1)/2)
     full_state    Re ψ, Im ψ on the parity sector          (2 d)   simulators only
     …followed by  a_{k−1} rescaled to [−1, 1] and t_k/τ ∈ [0, 1].
+    With ``every`` > 1 or ``final_only``, unmeasured steps show the last measured block held,
+    and one entry, its age (k − k_last)/K, sits between the block and a_{k−1}.
 
 E_j = ω_j (1 − ⟨Z_j⟩)/2 replaces ⟨Z_j⟩ (same information, units of ω_0).
 """
@@ -175,18 +177,11 @@ class ChargingVectorEnv:
         self._rng = np.random.default_rng(seed)
 
     def measurement_cost(self) -> dict[str, int]:
-        """Hardware cost of one episode's measurements: the observation schedule (settings,
-        circuits, shots, played steps incl. prefix replays), plus the terminal tomography
-        with ``reward="tomography_terminal"``. Keys prefixed ``obs_``, ``reward_``, ``total_``."""
-        from .measurement import tomography_cost
-        obs = self.obs_schedule.cost(self.battery.n_qubits, self.n_steps).to_dict()
-        rew = ({k: 0 for k in ("settings", "circuits", "total_shots", "played_steps")}
-               if self.reward_mode == "exact" else
-               tomography_cost(self.battery.n_qubits, self.n_steps, self.tomography_shots))
-        out = {f"obs_{k}": v for k, v in obs.items()} | {f"reward_{k}": v for k, v in rew.items()}
-        for k in ("circuits", "total_shots", "played_steps"):
-            out[f"total_{k}"] = obs[k] + rew[k]
-        return out
+        """Hardware cost of one episode's measurements (:func:`~qhil.envs.measurement.episode_cost`):
+        the observation schedule, plus the terminal tomography with ``reward="tomography_terminal"``."""
+        from .measurement import episode_cost
+        return episode_cost(self.obs_schedule, self.battery.n_qubits, self.n_steps,
+                            self.reward_mode, self.tomography_shots)
 
     def _measure(self, controls: np.ndarray, schedule: MeasurementSchedule | None = None) -> list[Result]:
         schedule = schedule or self.schedule

@@ -8,7 +8,7 @@ import sys
 from typing import Sequence
 
 #: Subcommand modules, in the order ``qhil --help`` lists them.
-COMMANDS = ["simulate", "lab", "deploy", "grape", "train", "reproduce"]
+COMMANDS = ["simulate", "lab", "deploy", "grape", "train", "reproduce", "study", "sweep"]
 
 
 def build_parser() -> argparse.ArgumentParser:

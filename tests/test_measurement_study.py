@@ -1,0 +1,216 @@
+"""Measurement-limited control (issue 7): cost accounting, held observations, the tomography
+ergotropy estimator and reward, and a tiny resumable study."""
+import json
+
+import numpy as np
+import pytest
+
+from qhil.agents.measurement_study import (StudyConfig, finished_runs, pareto_front, parse_frequency,
+                                           parse_noise, run_study)
+from qhil.drivers import Experiment, MeasurementSchedule, ValidationError, create_backend
+from qhil.drivers.tomography import estimate_density
+from qhil.envs import ENV1, ChargingVectorEnv, DickeBattery
+from qhil.envs.measurement import HeldObservation, tomography_ergotropy, tomography_ergotropy_stats
+
+GRAPE = np.array(json.load(open("docs/results/grape_env1.json"))["protocol"])
+
+
+@pytest.fixture(scope="module")
+def battery():
+    return DickeBattery(omegas=ENV1)
+
+
+# -- cost accounting against a hand count ------------------------------------------------------
+def test_cost_of_study_configurations_matches_a_hand_count():
+    # second_order: 9 settings; every 2nd step of K = 28: k = 0, 2, …, 28 → 15 measurements,
+    # Σk = 2·(0 + … + 14) = 210 replayed steps per setting and shot
+    c = StudyConfig(regime="second_order", shots=100, frequency="2").cost()
+    assert (c["obs_measured_steps"], c["obs_settings"], c["obs_circuits"]) == (15, 9, 135)
+    assert c["total_total_shots"] == 15 * 9 * 100
+    assert c["total_played_steps"] == 210 * 9 * 100
+    assert c["reward_total_shots"] == 0
+    # E_j + all Z_iZ_j: one setting (Z⊗4); final only; tomography reward 81 settings × 1000 shots
+    c = StudyConfig(regime="zz", shots=10, frequency="final", reward="tomography_terminal",
+                    tomography_shots=1000).cost()
+    assert (c["obs_measured_steps"], c["obs_settings"], c["obs_total_shots"], c["obs_played_steps"]) == (1, 1, 10, 280)
+    assert (c["reward_settings"], c["reward_total_shots"], c["reward_played_steps"]) == (81, 81_000, 81 * 1000 * 28)
+    assert c["total_total_shots"] == 81_010 and c["total_played_steps"] == 280 + 2_268_000
+    # exact values every step: no shots, one replay per circuit: Σ_{k=0}^{28} k = 406
+    c = StudyConfig(regime="energies", shots=None, frequency="1").cost()
+    assert (c["obs_measured_steps"], c["total_total_shots"], c["total_played_steps"]) == (29, 0, 406)
+    # first_order: Z, X, Y bases → 3 settings; every 5th: k = 0, 5, …, 25 and 28 → 7 measurements
+    c = StudyConfig(regime="first_order", shots=1000, frequency="5").cost()
+    assert (c["obs_measured_steps"], c["obs_settings"]) == (7, 3)
+    assert c["total_played_steps"] == (0 + 5 + 10 + 15 + 20 + 25 + 28) * 3 * 1000
+
+
+def test_env_reports_the_same_cost_as_the_study(battery):
+    cfg = StudyConfig(regime="zz", shots=10, frequency="3", reward="tomography_terminal", tomography_shots=50)
+    assert cfg.make_env().measurement_cost() == cfg.cost()
+
+
+def test_bad_study_input_names_the_parameter():
+    with pytest.raises(ValidationError, match="frequency"):
+        parse_frequency("0")
+    with pytest.raises(ValidationError, match="noise"):
+        parse_noise("amplitude:0.1")
+    with pytest.raises(ValidationError, match="noise"):
+        parse_noise("depolarizing:2")
+    with pytest.raises(ValueError, match="reward"):
+        StudyConfig(reward="oracle")
+    with pytest.raises(ValueError, match="regime"):
+        StudyConfig(regime="third_order")
+    with pytest.raises(ValueError, match="reward"):
+        ChargingVectorEnv(regime="full_state", reward="tomography_terminal")
+
+
+def test_pareto_front():
+    cost = [1, 2, 3, 4, 5]
+    value = [1.0, 0.5, 2.0, 2.0, 3.0]
+    assert pareto_front(cost, value).tolist() == [0, 2, 4]
+
+
+# -- held observations --------------------------------------------------------------------------
+def test_held_observation_unit():
+    h = HeldObservation(n_envs=2, dim=3, n_steps=10, measured_steps=[0, 4, 8, 10])
+    vals, age = h.observe(0, np.ones((2, 3)))
+    assert np.all(vals == 1) and np.all(age == 0)
+    vals, age = h.observe(3, None)
+    assert np.all(vals == 1) and np.allclose(age, 0.3)
+    vals, age = h.observe(4, 2 * np.ones((2, 3)))
+    assert np.all(vals == 2) and np.all(age == 0)
+    with pytest.raises(ValueError):
+        h.observe(8, None)
+    h.reset()
+    vals, age = h.observe(2, None)
+    assert np.all(vals == 0) and np.allclose(age, 0.2)
+
+
+def test_unmeasured_steps_show_the_last_measured_values_and_their_age(battery, rng):
+    env = ChargingVectorEnv(battery=battery, regime="energies", every=3)
+    ref = ChargingVectorEnv(battery=battery, regime="energies")      # measures every step
+    assert env.obs_dim == ref.obs_dim + 1
+    obs, _ = env.reset()
+    ref.reset()
+    held, last = obs[0, :4].copy(), 0
+    for k, a in enumerate(rng.uniform(-0.3, 0.3, 28), start=1):
+        obs, _, _, _, info = env.step([a])
+        r_obs, _, _, _, r_info = ref.step([a])
+        if k % 3 == 0 or k == 28:
+            np.testing.assert_allclose(obs[0, :4], r_obs[0, :4], atol=1e-6)   # measured now
+            held, last = obs[0, :4].copy(), k
+        else:
+            np.testing.assert_array_equal(obs[0, :4], held)                   # held
+            assert not np.allclose(obs[0, :4], r_obs[0, :4], atol=1e-6)       # …and stale
+        assert obs[0, 4] == pytest.approx((k - last) / 28)                    # age
+        assert obs[0, -1] == pytest.approx(k / 28)                            # t_k/τ still last
+        assert info["ergotropy"][0] == pytest.approx(r_info["ergotropy"][0], abs=1e-12)   # exact diagnostic
+
+
+def test_final_only_sees_nothing_until_the_end(battery, rng):
+    env = ChargingVectorEnv(battery=battery, regime="second_order", final_only=True, shots=100)
+    obs, _ = env.reset()
+    assert np.all(obs[0, :-3] == 0)
+    for a in rng.uniform(-0.3, 0.3, 27):
+        obs, _, _, _, info = env.step([a])
+        assert np.all(obs[0, :-3] == 0)
+        assert info["ergotropy"][0] >= 0          # the exact diagnostic still runs
+    obs, _, done, _, info = env.step([0.1])
+    assert done[0] and obs[0, -3] == 0 and np.any(obs[0, :4] > 0)
+
+
+# -- tomography ergotropy estimator ------------------------------------------------------------
+def test_exact_tomography_returns_the_exact_ergotropy(battery):
+    be = create_backend("statevector")
+    est = tomography_ergotropy(battery, be, GRAPE[None, :14], 0.2, shots=None)
+    [res] = be.run([Experiment(battery, GRAPE[:14].reshape(-1, 1), 0.2, MeasurementSchedule("energies", final_only=True))])
+    assert est[0] == pytest.approx(float(battery.ergotropy(res.qubit_density[-1])), abs=1e-9)
+
+
+def test_tomography_energy_is_unbiased_and_ergotropy_converges_with_shots(battery):
+    be = create_backend("statevector", seed=3)
+    lam = GRAPE.reshape(-1, 1)
+    # the energy is linear in ρ: its linear-inversion estimate is unbiased at any shot count
+    [ref] = be.run([Experiment(battery, lam, 0.2, MeasurementSchedule("energies", final_only=True))])
+    exact_e = float(battery.energy(ref.qubit_density[-1]))
+    res = be.run([Experiment(battery, lam, 0.2, MeasurementSchedule("tomography", final_only=True, shots=200))] * 60,
+                 seed=5)
+    e = np.array([float(battery.energy(estimate_density(r, 4, physical=False)[-1])) for r in res])
+    assert abs(e.mean() - exact_e) < 4 * e.std(ddof=1) / np.sqrt(len(e))
+    # the ergotropy is not linear: measured bias shrinks with shots and is < 0.05% of ℰ at 10^6
+    stats = [tomography_ergotropy_stats(battery, be, GRAPE, 0.2, s, n_rep=30, seed=1) for s in (1000, 100_000, 1_000_000)]
+    bias = [abs(s["bias"]) for s in stats]
+    assert bias[0] > bias[1] > bias[2]
+    assert bias[2] < 5e-4 * stats[2]["exact"]
+    assert 0.05 < stats[1]["std"] / stats[0]["std"] < 0.2             # ∝ 1/√shots (0.1)
+
+
+# -- the tomography reward -------------------------------------------------------------------
+def test_tomography_reward_telescopes_to_the_estimated_terminal_ergotropy(battery, rng):
+    lam = rng.uniform(-0.3, 0.3, 28)
+    for w in (0.0, 1.0):
+        env = ChargingVectorEnv(battery=battery, regime="energies", shots=500, reward="tomography_terminal",
+                                tomography_shots=300, weight=w, every=2)
+        env.seed(4)
+        _, info0 = env.reset()
+        total, e_meas0 = 0.0, None
+        for k, a in enumerate(lam, start=1):
+            _, r, done, _, info = env.step([a])
+            e_meas0 = info["energy_measured"][0] - info["delta_energy"][0] if k == 2 else e_meas0
+            total += r[0]
+            if k < 28:
+                assert info["delta_ergotropy"][0] == 0 and np.isnan(info["ergotropy_estimate"][0])
+            if k % 2:
+                assert info["delta_energy"][0] == 0                        # unmeasured step
+        est, exact = info["ergotropy_estimate"][0], info["ergotropy"][0]
+        if w == 0.0:
+            assert total == pytest.approx(est, abs=1e-12)
+            assert est != pytest.approx(exact, abs=1e-6)                    # an estimate, not the state
+            assert est == pytest.approx(exact, abs=0.2)
+        else:
+            assert total == pytest.approx(info["energy_measured"][0] - e_meas0, abs=1e-12)
+            assert total != pytest.approx(info["energy"][0] - info0["energy"][0], abs=1e-6)   # shot noise
+
+
+# -- a tiny study: writes its table, resumes without redoing --------------------------------------
+def test_tiny_study_writes_csv_and_resumes(tmp_path, capsys):
+    from qhil.lab.cli import main
+    argv = ["study", "measurement", "--regimes", "energies", "--shots", "20,exact", "--frequencies", "final",
+            "--total-steps", "56", "--n-eval", "2", "--hidden", "16,16", "--work-dir", str(tmp_path / "w"),
+            "--out-dir", str(tmp_path / "o")]
+    assert main(argv) == 0
+    text = (tmp_path / "o" / "measurement_study.csv").read_text().splitlines()
+    assert len(text) == 3 and text[0].startswith("regime,shots,frequency")
+    assert (tmp_path / "o" / "pareto.png").stat().st_size > 1000
+    runs = finished_runs(tmp_path / "w")
+    assert len(runs) == 2
+    wall = {k: v["wall_s"] for k, v in runs.items()}
+    cfgs = [StudyConfig(regime="energies", shots=s, frequency="final", total_steps=56) for s in (20, None)]
+    assert run_study(cfgs, tmp_path / "w", sac={"hidden": (16, 16)}) == []          # nothing redone
+    assert {k: v["wall_s"] for k, v in finished_runs(tmp_path / "w").items()} == wall
+
+
+# -- open vs closed loop ------------------------------------------------------------------------
+class _ReplayAgent:
+    """A 'closed-loop' policy that ignores its measurements and replays a protocol by t_k."""
+
+    def __init__(self, protocol):
+        self.protocol = np.asarray(protocol)
+
+    def act(self, obs, deterministic=True):
+        k = np.rint(np.asarray(obs)[:, -1] * len(self.protocol)).astype(int)
+        return self.protocol[k][:, None]
+
+
+def test_open_and_closed_loop_agree_for_a_policy_that_replays_the_protocol():
+    from qhil.agents.open_closed import check_perturbation, compare
+    cfg = StudyConfig(regime="energies", shots=None, frequency="1")
+    rows = compare(_ReplayAgent(GRAPE), cfg, GRAPE, [("none", 0), ("shots", 10), ("drift", 0.05)], n_rep=3)
+    for r in rows:       # the same protocol on the same (drifted) batteries: paired difference 0
+        assert r["closed_minus_open"] == pytest.approx(0.0, abs=1e-9), r
+    assert rows[0]["open_mean"] == pytest.approx(4.271628, abs=1e-5)
+    assert rows[2]["open_ci95"] > 0                                  # the drift draws differ
+    with pytest.raises(ValidationError, match="level"):
+        check_perturbation("drift", 0.9)
+    with pytest.raises(ValidationError, match="kind"):
+        check_perturbation("heat", 0.1)
