@@ -22,12 +22,13 @@ TARGET = 4.0445           # seed 000, Table 1, Env1 full state
 
 
 def ours(max_steps: int, seed: int, hidden: tuple[int, ...], target: float | None,
-         learning_starts: int = 5_000) -> dict:
+         learning_starts: int = 5_000, precision: str = "fp32") -> dict:
     from qhil.agents.runstore import RunStore
     from qhil.agents.sac import SAC, SACConfig
     from qhil.agents.training import train_off_policy
     from qhil.envs import make_charging_env
-    cfg = SACConfig(total_steps=max_steps, seed=seed, hidden=hidden, learning_starts=learning_starts).scaled()
+    cfg = SACConfig(total_steps=max_steps, seed=seed, hidden=hidden, learning_starts=learning_starts,
+                    precision=precision).scaled()
     env = make_charging_env("env1", "second_order", w_mean=cfg.w_mean, w_width=cfg.w_width)
     agent = SAC(env.obs_dim, env.action_low, env.action_high, cfg)
     hit: dict = {}
@@ -73,20 +74,25 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hidden", default="512,256")
     p.add_argument("--learning-starts", type=int, default=5_000, help="random warm-up steps (paper: 5000)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "both"],
+                   help="SAC update precision; 'both' runs ours twice (fp32, then bf16)")
     a = p.parse_args()
     hidden = tuple(int(h) for h in a.hidden.split(","))
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; torch threads "
           f"QHIL_TORCH_THREADS={os.environ.get('QHIL_TORCH_THREADS', '1 (default)')}; network {hidden}")
-    r = ours(a.max_steps, a.seed, hidden, TARGET, a.learning_starts)
-    sps, ups = r["steps"] / r["wall"], r["updates"] / max(r["wall"], 1e-9)
-    if r["hit"]:
-        print(f"qhil SAC, Env1 second_order: best explored ergotropy reached {TARGET} after "
-              f"{r['hit']['step']} env steps ({r['hit']['episode']} episodes) in {r['hit']['wall']:.0f} s")
-    else:
-        print(f"qhil SAC, Env1 second_order: target {TARGET} NOT reached in {r['steps']} steps "
-              f"({r['wall']:.0f} s); best explored {r['best']:.4f}")
-    print(f"qhil SAC: {sps:.1f} env-steps/s, {ups:.1f} updates/s over the run "
-          f"({r['learning_starts']} warm-up steps without updates)")
+    rates = []
+    for precision in (["fp32", "bf16"] if a.precision == "both" else [a.precision]):
+        r = ours(a.max_steps, a.seed, hidden, TARGET, a.learning_starts, precision)
+        sps, ups = r["steps"] / r["wall"], r["updates"] / max(r["wall"], 1e-9)
+        if r["hit"]:
+            print(f"qhil SAC {precision}, Env1 second_order: best explored ergotropy reached {TARGET} after "
+                  f"{r['hit']['step']} env steps ({r['hit']['episode']} episodes) in {r['hit']['wall']:.0f} s")
+        else:
+            print(f"qhil SAC {precision}, Env1 second_order: target {TARGET} NOT reached in {r['steps']} steps "
+                  f"({r['wall']:.0f} s); best explored {r['best']:.4f}")
+        print(f"qhil SAC {precision}: {sps:.1f} env-steps/s, {ups:.1f} updates/s over the run "
+              f"({r['learning_starts']} warm-up steps without updates)")
+        rates.append((precision, sps, ups))
     # same warm-up fraction for the comparison
     ls = min(r["learning_starts"], a.sb3_steps // 4)
     s = sb3(a.sb3_steps, a.seed, hidden, ls)
@@ -96,8 +102,9 @@ def main() -> int:
     s_sps, s_ups = s["steps"] / s["wall"], s["updates"] / s["wall"]
     print(f"stable-baselines3 SAC (same env, net, batch 256, 1 update/step): {s['steps']} steps "
           f"({ls} warm-up) in {s['wall']:.1f} s: {s_sps:.1f} env-steps/s, {s_ups:.1f} updates/s")
-    print(f"ratio qhil/sb3: updates/s {ups / s_ups:.2f}x  (env-steps/s {sps / s_sps:.2f}x; these "
-          f"depend on the warm-up share, updates/s compares like with like)")
+    for precision, sps, ups in rates:
+        print(f"ratio qhil {precision}/sb3: updates/s {ups / s_ups:.2f}x  (env-steps/s {sps / s_sps:.2f}x; these "
+              f"depend on the warm-up share, updates/s compares like with like)")
     return 0
 
 

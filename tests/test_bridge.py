@@ -655,3 +655,26 @@ def test_server_validation_in_process(tmp_path):
         assert wire.decode([bytes(f) for f in stored], wire.REPLY_TYPES).body == {**reply.body, "replayed": True}
     finally:
         srv.close()
+
+
+def test_supply_chain_episode_through_bridge(tmp_path):
+    """Seed 004's environment on the ZeroMQ bridge (an XY-chain emulator in exact mode): the
+    same observations, rewards and fidelities as on the exact driver, where the bridge's
+    fidelity comes from the measured Z strings (no state comes back over the wire)."""
+    from qhil.envs import SupplyChainEnv
+    srv = LabProcess(tmp_path, free_port(), "--model", "xy_chain", "--n-spins", "3", "--field-bound", "6.0",
+                     "--allow-exact").start()
+    backend = create_backend(srv.spec, seed=5, timeout=10, retries=2, heartbeat=0.3)
+    try:
+        bridge, ref = SupplyChainEnv(backend=backend, max_steps=6), SupplyChainEnv(max_steps=6)
+        o1, _ = bridge.reset(seed=3)
+        o2, _ = ref.reset(seed=3)
+        assert np.allclose(o1, o2, atol=1e-6)
+        for a in [4, 4, 0, 6, 1, 7]:
+            o1, r1, _, _, i1 = bridge.step(a)
+            o2, r2, _, _, i2 = ref.step(a)
+            assert np.allclose(o1, o2, atol=1e-6) and abs(r1 - r2) < 1e-6
+            assert abs(i1["fidelity"] - i2["fidelity"]) < 1e-6
+    finally:
+        backend.close()
+        srv.stop()
