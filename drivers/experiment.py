@@ -60,9 +60,7 @@ def _one_row(model: Model, controls: Any) -> np.ndarray | None:
     for v, (a, b, t) in zip(values, bounds):
         if not a - t <= v <= b + t:          # also rejects NaN
             return None
-    row = np.array([[min(max(v, a), b) for v, (a, b, _) in zip(values, bounds)]])
-    row.setflags(write=False)
-    return row
+    return np.array([[min(max(v, a), b) for v, (a, b, _) in zip(values, bounds)]])
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,10 +97,8 @@ class Experiment:
                                   f"0..{MAX_STEPS} steps")
         grown = np.concatenate([self.controls, new])
         grown.setflags(write=False)
-        e = object.__new__(Experiment)
-        for name, value in (("model", self.model), ("controls", grown), ("dt", self.dt),
-                            ("schedule", self.schedule)):
-            object.__setattr__(e, name, value)
+        e = object.__new__(Experiment)           # fields already validated: skip __post_init__
+        e.__dict__.update(model=self.model, controls=grown, dt=self.dt, schedule=self.schedule)
         return e
 
     def cost(self) -> MeasurementCost:

@@ -143,16 +143,21 @@ class ChebyshevPropagator:
         """Reduced states of the qubits, (B, 2^n, 2^n), from sector states psi (d, B):
         ρ = Tr_aux |ψ⟩⟨ψ| = Σ_n A_n A_n†, A_n[q] = ψ(q, n), one batched product per group."""
         nq = 2 ** self.model.n_qubits
-        rho = np.zeros((psi.shape[1], nq, nq), dtype=complex)
+        rows = psi.T                                                     # (B, d)
+        rho = np.zeros((rows.shape[0], nq, nq), dtype=complex)
         for q, pos in self._level_groups:
-            a = np.ascontiguousarray(psi[pos].transpose(2, 1, 0))        # (B, m, L)
+            a = rows[:, pos.T]                                           # (B, m, L)
             rho[:, q[:, None], q[None, :]] = a @ a.conj().transpose(0, 2, 1)
         return rho
 
     def aux_top_population(self, psi: np.ndarray) -> np.ndarray:
         """(B,) population of the aux subsystem's top level, from sector states psi (d, B)."""
-        top = self.sector % self.model.aux_dim == self.model.aux_dim - 1
-        return np.sum(np.abs(psi[top]) ** 2, axis=0)
+        top = np.abs(psi.T[:, self._top_positions])
+        return np.einsum("bt,bt->b", top, top)
+
+    @cached_property
+    def _top_positions(self) -> np.ndarray:
+        return np.flatnonzero(self.sector % self.model.aux_dim == self.model.aux_dim - 1)
 
     def restrict(self, psi_full: np.ndarray) -> np.ndarray:
         return psi_full[self.sector]

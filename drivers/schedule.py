@@ -98,13 +98,20 @@ class MeasurementSchedule:
         return group_settings(self.labels(n_qubits), n_qubits)
 
     def measured_steps(self, n_steps: int) -> np.ndarray:
-        """Step indices k (state after k control steps) at which a measurement is made."""
+        """Step indices k (state after k control steps) at which a measurement is made
+        (a read-only array, shared between calls)."""
+        return _measured_steps(self, n_steps)
+
+    def _measured_steps(self, n_steps: int) -> np.ndarray:
         if self.final_only:
-            return np.array([n_steps])
-        ks = list(range(0, n_steps + 1, self.every))
-        if ks[-1] != n_steps:
-            ks.append(n_steps)
-        return np.array(ks)
+            ks = [n_steps]
+        else:
+            ks = list(range(0, n_steps + 1, self.every))
+            if ks[-1] != n_steps:
+                ks.append(n_steps)
+        out = np.array(ks)
+        out.setflags(write=False)
+        return out
 
     def cost(self, n_qubits: int, n_steps: int) -> "MeasurementCost":
         return _cost(self, n_qubits, n_steps)
@@ -135,6 +142,17 @@ class MeasurementSchedule:
                                   "observables, every, final_only, shots")
         obs = d.get("observables", "energies")
         return cls(**{**d, "observables": obs if isinstance(obs, str) else tuple(obs)})
+
+
+@lru_cache(maxsize=4096)
+def _measured_steps(schedule: MeasurementSchedule, n_steps: int) -> np.ndarray:
+    return schedule._measured_steps(n_steps)
+
+
+@lru_cache(maxsize=4096)
+def measured_step_set(schedule: MeasurementSchedule, n_steps: int) -> frozenset[int]:
+    """:meth:`MeasurementSchedule.measured_steps` as a set of ints (the drivers' lookups)."""
+    return frozenset(int(k) for k in _measured_steps(schedule, n_steps))
 
 
 @lru_cache(maxsize=4096)

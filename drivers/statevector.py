@@ -16,6 +16,7 @@ from .experiment import Experiment, Result
 from .model import Model
 from .measure import measure_density, warn_if_truncated
 from .prefix import PrefixCache, lockstep
+from .schedule import measured_step_set
 from .propagate import ChebyshevPropagator
 
 
@@ -69,7 +70,7 @@ class StatevectorBackend(Backend):
     def _propagate_group(self, exps: list[Experiment], outs: list[dict[int, np.ndarray]]) -> None:
         prop = self.propagator(exps[0].model)
         dt = exps[0].dt
-        measured = [set(e.schedule.measured_steps(e.n_steps).tolist()) for e in exps]
+        measured = [measured_step_set(e.schedule, e.n_steps) for e in exps]
         starts = [self._cache.start(e, m) for e, m in zip(exps, measured)]
         psi0 = prop.restrict(exps[0].model.initial_state())
         cols = []
@@ -78,7 +79,7 @@ class StatevectorBackend(Backend):
                 if k <= m0:
                     out[k] = self._cache.get(e, k) if k > 0 else psi0
             cols.append(self._cache.get(e, m0) if m0 > 0 else psi0)
-        psi = np.stack(cols, axis=1).astype(complex)
+        psi = np.stack(cols, axis=1).astype(complex, copy=False)
         for active, u, reached in lockstep(exps, starts):
             if active.size == psi.shape[1]:
                 psi = prop.step(psi, u, dt)
@@ -106,7 +107,7 @@ class StatevectorBackend(Backend):
             e0 = batch[idx[0]]
             model, n = e0.model, e0.model.n_qubits
             steps = [batch[i].schedule.measured_steps(batch[i].n_steps) for i in idx]
-            cols = np.stack([states[i][int(k)] for i, st in zip(idx, steps) for k in st], axis=1)
+            cols = np.stack([states[i][int(k)] for i, st in zip(idx, steps) for k in st]).T   # (d, M) view
             prop = self.propagator(model)
             rho = prop.qubit_density(cols)
             full = prop.embed(cols) if e0.schedule.full_state else None
@@ -120,6 +121,7 @@ class StatevectorBackend(Backend):
             meta = {"model": model.to_dict(), "dt": e0.dt, "shots": e0.schedule.shots}
             if top is not None:
                 warn_if_truncated(model.kind, model.key, float(top.max()), self._warned)
+                top = np.maximum.reduceat(top, offsets[:-1]).tolist()      # per experiment
             for j, i in enumerate(idx):
                 e, sl = batch[i], slice(offsets[j], offsets[j + 1])
                 if exact is not None:
@@ -129,7 +131,7 @@ class StatevectorBackend(Backend):
                                                                 e.schedule.shots, rngs[i], n)
                 md = {**meta, "dt": e.dt, "n_steps": e.n_steps}
                 if top is not None:
-                    md["aux_top_population"] = float(top[sl].max())
+                    md["aux_top_population"] = top[j]
                 results[i] = Result(steps=steps[j], times=steps[j] * e.dt, labels=labels, values=values,
                                     stderr=stderr, qubit_density=rho[sl],
                                     state=None if full is None else full[sl],
