@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from qhil.drivers import _validate as check
 
-from .base import SeededAgent, gradient_step
+from .base import SeededAgent, check_network_and_replay, gradient_step
 from .sac import mlp
 
 
@@ -54,6 +54,7 @@ class BootstrappedDQNConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_network_and_replay(self)
         check.integer("heads", self.heads, 1, 100)
         check.finite_float("mask_prob", self.mask_prob, 0.0, 1.0, lo_open=True)
         check.finite_float("gamma", self.gamma, 0.0, 1.0)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from qhil.drivers import _validate as check
 
-from .base import SeededAgent
+from .base import SeededAgent, check_network_and_replay
 from .sac import SoftQ, mlp
 
 
@@ -46,6 +46,7 @@ class DDPGConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_network_and_replay(self)
         check.finite_float("gamma", self.gamma, 0.0, 1.0)
         check.finite_float("lr", self.lr, 0.0, 1.0, lo_open=True)
         check.finite_float("tau", self.tau, 0.0, 1.0, lo_open=True)

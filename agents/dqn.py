@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 
-from .base import SeededAgent, gradient_step
+from .base import SeededAgent, check_network_and_replay, gradient_step
 from .sac import mlp
 
 
@@ -52,6 +52,9 @@ class DQNConfig:
     grad_clip: float = 10.0              # ours
     total_steps: int = 50_000            # 1000 episodes × 50 steps (Table I)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_network_and_replay(self)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

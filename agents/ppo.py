@@ -160,6 +160,8 @@ class PPO(SeededAgent):
 
         ``behaviour_logp``: log-probability of the actions under the policy that chose them
         (default: π_θ itself, i.e. plain PPO)."""
+        if len(obs) != 1:
+            raise ValueError(f"n_envs: PPO learns from one environment at a time, got a batch of {len(obs)}")
         a = np.asarray(actions).reshape(-1).astype(int)
         if behaviour_logp is None:
             behaviour_logp = np.log(self.probs(obs)[np.arange(len(a)), a] + 1e-12)

@@ -376,6 +376,8 @@ def evaluate(agent: Any, env: Any, state: TrainState | None = None,
     if isinstance(env, GymEpisodes):
         env = env.env
     if not hasattr(env, "n_envs"):
+        if len(seeds) == 0:
+            raise ValueError("seeds: at least one evaluation episode seed is needed")
         adapter = GymEpisodes(env)
         returns, figs = [], []
         for s in seeds:

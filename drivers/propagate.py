@@ -147,7 +147,7 @@ class ChebyshevPropagator:
         rho = np.zeros((rows.shape[0], nq, nq), dtype=complex)
         for q, pos in self._level_groups:
             a = rows[:, pos.T]                                           # (B, m, L)
-            rho[:, q[:, None], q[None, :]] = a @ a.conj().transpose(0, 2, 1)
+            rho[:, q[:, None], q[None, :]] += a @ a.conj().transpose(0, 2, 1)   # groups may share q
         return rho
 
     def aux_top_population(self, psi: np.ndarray) -> np.ndarray:

@@ -7,8 +7,9 @@ at every :meth:`~RandomisedChargingEnv.reset`, either
   U[0.5, 1.5], Sec. IV A), or
 * ``omega_spread=s``: ω_j ~ ω_j⁰ (1 + U[−s, s]) around the nominal battery's ω_j⁰,
 
-from its own generator (``omega_seed``), so a run's sequence of realisations is
-reproducible. The agent is not told ω: it sees the same observation as in
+as a function of ``omega_seed`` and the round number (env steps so far ÷ (B·K)), so a
+run's sequence of realisations is reproducible and a resumed run (whose step count the
+checkpoint restores) continues it. The agent is not told ω: it sees the same observation as in
 :class:`~qhil.envs.charging.ChargingVectorEnv` (E_j = ω_j (1 − ⟨Z_j⟩)/2 etc.). All B
 batteries of a round share one draw. Everything else (reward, schedule, info) is the plain
 env's; ``info`` of :meth:`reset` also carries the drawn ``omegas`` (B, N).
@@ -16,7 +17,7 @@ env's; ``info`` of :meth:`reset` also carries the drawn ``omegas`` (B, N).
 Cost on the exact backend (``benchmarks/bench_randomised.py``, N = 4, n_max = 40, second
 order, 2 shared cores): 72 ms per episode with a fixed ω, 151 ms with a new ω per episode,
 ≈ 58 ms of it building the new propagator; the driver keeps at most 64 propagators (LRU),
-so memory stays bounded. A resumed run restarts the draws from ``omega_seed``.
+so memory stays bounded.
 """
 from __future__ import annotations
 
@@ -80,7 +81,8 @@ class RandomisedChargingEnv(ChargingVectorEnv):
         super().__init__(battery=battery, **kwargs)
         self.omega_range, self.omega_spread = check_omega_options(omega_range, omega_spread)
         self.nominal = self.battery
-        self.omega_rng = np.random.default_rng(omega_seed)
+        self.omega_seed = int(np.random.default_rng(omega_seed).integers(2**63))   # None: fresh entropy
+        self._round, self._repeat = -1, 0
         n = self.battery.n_qubits
         top = self.omega_range[1] if self.omega_range else max(self.nominal.omegas) * (1 + self.omega_spread)
         if self.regime != "full_state":              # E_j ∈ [0, ω_j]: widen to the largest ω drawable
@@ -88,9 +90,14 @@ class RandomisedChargingEnv(ChargingVectorEnv):
             self.obs_high[:n] = np.float32(top)
 
     def draw(self) -> np.ndarray:
-        """The next realisation ω (N,), units ω_0 (advances the generator)."""
-        return draw_omegas(self.omega_rng, self.nominal.n_qubits, self.omega_range,
-                           self.nominal.omegas, self.omega_spread)
+        """The realisation ω (N,), units ω_0, of the round that starts now (round =
+        ``n_step`` ÷ (n_envs · n_steps)): the same at the same point of a run, resumed or not.
+        Repeated resets within one round draw further realisations."""
+        rnd = self.n_step // (self.n_envs * self.n_steps)
+        self._repeat = self._repeat + 1 if rnd == self._round else 0    # resets without steps in between
+        self._round = rnd
+        rng = np.random.default_rng([self.omega_seed, rnd, self._repeat])
+        return draw_omegas(rng, self.nominal.n_qubits, self.omega_range, self.nominal.omegas, self.omega_spread)
 
     def reset(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """New ω for this round's batteries, then the k = 0 measurement."""

@@ -303,3 +303,19 @@ def test_reproduce_robust_end_to_end(tmp_path):
 def test_train_rejects_bad_options_with_exit_2(tmp_path, capsys, flags, param):
     assert main(["train", "--total-steps", "10", "--run-dir", str(tmp_path), "--no-progress", *flags]) == 2
     assert param in capsys.readouterr().err
+
+
+def test_randomised_draws_follow_the_round_so_a_resumed_run_continues_them():
+    """ω of round r depends only on (omega_seed, r): an env whose step count is restored
+    (as a checkpoint does) draws what the uninterrupted env draws at that round."""
+    kw = dict(regime="energies", n_envs=2, tau=0.4, n_steps=2, omega_range=(0.5, 1.5), omega_seed=11)
+    run = RandomisedChargingEnv(**kw)
+    draws = []
+    for _ in range(3):
+        draws.append(run.reset()[1]["omegas"][0])
+        for _ in range(2):
+            run.step(np.zeros(2))
+    resumed = RandomisedChargingEnv(**kw)
+    resumed.n_step = 2 * 2 * 2                       # two rounds of B = 2 envs × K = 2 steps done
+    assert np.array_equal(resumed.reset()[1]["omegas"][0], draws[2])
+    assert not np.array_equal(draws[0], draws[1])

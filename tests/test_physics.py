@@ -220,3 +220,18 @@ def test_sector_partial_trace_equals_dense_partial_trace(model):
     full = prop.embed(psi).reshape(3, 2 ** model.n_qubits, model.aux_dim)
     dense = np.einsum("bqn,brn->bqr", full, full.conj())
     assert np.max(np.abs(prop.qubit_density(psi) - dense)) < 1e-12
+
+
+def test_partial_trace_with_overlapping_level_groups():
+    """Sector levels whose qubit configurations overlap without being equal (level 0: q ∈ {0, 1},
+    level 1: q ∈ {1, 2}) must add up, not overwrite, in the reduced state."""
+    from qhil.drivers.propagate import ChebyshevPropagator
+    model = DickeBattery(omegas=[1.0, 1.2], n_max=2)               # aux_dim 3, q ∈ 0..3
+    aux = model.aux_dim
+    sector = np.array(sorted([0 * aux + 0, 1 * aux + 0, 1 * aux + 1, 2 * aux + 1]))
+    prop = ChebyshevPropagator(model, sector=sector)
+    rng = np.random.default_rng(2)
+    psi = rng.normal(size=(4, 2)) + 1j * rng.normal(size=(4, 2))
+    full = prop.embed(psi).reshape(2, 2 ** model.n_qubits, aux)
+    dense = np.einsum("bqn,brn->bqr", full, full.conj())
+    assert np.max(np.abs(prop.qubit_density(psi) - dense)) < 1e-12
