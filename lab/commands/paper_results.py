@@ -263,7 +263,7 @@ def _table1_runs(work: Path) -> dict[tuple[str, str], list[str]]:
     out: dict[tuple[str, str], list[str]] = {}
     for name, v in sorted(store.runs().items()):
         c = v["config"]
-        if v["status"] == "done" and not ({"history", "weight", "omega_range", "omega_spread"} & set(c)):
+        if v["status"] == "done" and not ({"history", "weight", "omega_range", "omega_spread", "eval_envs", "eval_random"} & set(c)):
             out.setdefault((c.get("env"), c.get("regime")), []).append(name)
     store.close()
     return out
