@@ -32,7 +32,6 @@ environment step (on-policy agents learn here).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -78,10 +77,11 @@ def save_checkpoint(path: str | Path, agent: Any, buffer: ReplayBuffer | None, s
 def load_checkpoint(path: str | Path, agent: Any, buffer: ReplayBuffer | None, env: Any) -> TrainState:
     blob = torch.load(path, weights_only=False)
     saved, now = blob["agent"].get("config"), getattr(agent.cfg, "to_dict", lambda: None)()
-    if saved is not None and dataclasses.is_dataclass(agent.cfg):     # options added since: their defaults
-        defaults = {f.name: f.default for f in dataclasses.fields(agent.cfg)
-                    if f.default is not dataclasses.MISSING}
-        saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
+    if saved is not None and now is not None:                         # options added since: their defaults
+        try:
+            saved = _with_defaults(saved, type(agent.cfg)().to_dict())
+        except TypeError:                                             # a config without defaults
+            pass
     diff = {} if saved is None or now is None else {
         k: (saved.get(k), now.get(k)) for k in set(saved) | set(now)
         if saved.get(k) != now.get(k) and k != "total_steps"}          # a run may be extended
@@ -93,6 +93,17 @@ def load_checkpoint(path: str | Path, agent: Any, buffer: ReplayBuffer | None, e
         buffer.load_state_dict(blob["buffer"])
     env.n_step = blob["env_n_step"]
     return TrainState(**blob["state"])
+
+
+def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` with the keys it lacks taken from ``defaults``, recursively (nested configs)."""
+    out = dict(saved)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = _with_defaults(out[k], v)
+    return out
 
 
 class ChargingEpisodes:
