@@ -35,6 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import pyplot
 from .reproduce import ENVS, PAPER, _ema, _summary_path, run_jobs, t_half_width
 
 #: Seed 000, Table 2 (trained on Env1, checkpoint by mean over Env1–3): (mean, CI half-width).
@@ -108,13 +109,6 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
-
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def _summary(work: Path, name: str) -> dict[str, Any] | None:
@@ -233,7 +227,7 @@ def report_table2(args: argparse.Namespace) -> list[dict[str, Any]]:
     for r in rows:
         print(f"{r['regime']:13} {r['env']:12} {_fmt(r['mean'], r['ci_half_width']):>20} {r['n_seeds']:2d} "
               f"{_fmt(r['paper_mean'], r['paper_ci']) if r['paper_mean'] == r['paper_mean'] else '—':>18}")
-    plt = _plt()
+    plt = pyplot()
     regimes = args.regimes.split(",")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, env in zip(axes, ENVS):
@@ -298,7 +292,7 @@ def report_tableS1(args: argparse.Namespace) -> list[dict[str, Any]]:
         per = " ".join(f"{t}/{n}" for t, n in zip(r["t09_per_seed"].split(), r["episodes_per_run"].split()))
         print(f"{r['env']:5} {r['regime']:13} {r['t09_mean']:10.1f} ± {r['ci_half_width']:<7.1f} {r['n_seeds']:2d} "
               f"{r['paper_mean']:8.1f} ± {r['paper_ci']:<7.1f}  {per}")
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, (b, t) in curves.items():
         line, = ax.plot(np.arange(1, len(b) + 1), b, lw=1, label=name)
@@ -327,7 +321,7 @@ def report_figS1(args: argparse.Namespace) -> list[dict[str, Any]]:
     if store is not None:
         store.close()
     _write_csv(out / "figS1.csv", rows)
-    plt = _plt()
+    plt = pyplot()
     envs = args.envs.split(",")
     order = ["full_state", "energies", "first_order", "second_order"]
     fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
@@ -362,7 +356,7 @@ def report_figS1(args: argparse.Namespace) -> list[dict[str, Any]]:
 def report_figS2(args: argparse.Namespace) -> list[dict[str, Any]]:
     work, out = args.work_dir, args.out_dir
     store = _store(work)
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     rows = []
     for w in args.weights.split(","):
@@ -412,7 +406,7 @@ def report_history(args: argparse.Namespace) -> list[dict[str, Any]]:
              "full_state": lambda s: base_name("full_state", s)}
     rows = []
     store = _store(work)
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     per: dict[str, dict[str, list[float]]] = {}
     for kind, namer in kinds.items():
@@ -486,7 +480,7 @@ def report_robust(args: argparse.Namespace) -> list[dict[str, Any]]:
         print(f"{env:13} " + " | ".join(f"{t:>44}" for t in text)
               + f" | {pm:8.4f} | {grape.get(env, float('nan')):6.4f}")
     print("  target: beat the paper's Table 2 (second order) on Env2 and Env3: 1.7048 and 2.7069")
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     xs = np.arange(3)
     for i, kind in enumerate(kinds):

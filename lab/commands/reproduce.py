@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from . import pyplot
+
 ENVS = ["env1", "env2", "env3"]
 REGIMES = ["second_order", "full_state", "energies", "first_order"]   # run order: the key comparison first
 #: Seed 000, Table 1: (mean, CI half-width).
@@ -213,9 +215,7 @@ def _ema(x: np.ndarray, g: float = 0.9) -> np.ndarray:
 
 
 def write_figures(envs: list[str], regimes: list[str], work: Path, out: Path, n_seeds: int) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from qhil.agents.runstore import RunStore
     db = work / "runs.sqlite"

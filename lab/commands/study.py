@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import pyplot
+
 OUT = Path("docs/results/measurement")
 WORK = Path("runs/measurement")
 
@@ -152,9 +154,7 @@ def _scale_note(rows: list[dict]) -> str:
 
 def write_pareto(rows: list[dict], path: Path) -> None:
     """Ergotropy against shots and against played steps per episode, Pareto front of the shot runs."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     from qhil.agents.measurement_study import pareto_front
@@ -249,9 +249,7 @@ def run_tomography(args: argparse.Namespace) -> int:
 
 
 def _plot_tomography(rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for est, ls in (("projected", "-"), ("linear_inversion", "--")):
         for i, state in enumerate(dict.fromkeys(r["state"] for r in rows)):
@@ -332,9 +330,7 @@ def run_open_closed(args: argparse.Namespace) -> int:
 
 
 def _plot_open_closed(rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     kinds = list(dict.fromkeys(r["perturbation"] for r in rows if r["perturbation"] != "none"))
     fig, axes = plt.subplots(1, max(1, len(kinds)), figsize=(4.2 * max(1, len(kinds)), 3.8), squeeze=False)
     nominal = [r for r in rows if r["perturbation"] == "none"]

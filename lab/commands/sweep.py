@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from . import pyplot
+
 SWEEPS = ("lr", "n", "weights", "noise")
 LRS = (5e-3, 2.5e-3, 1e-3, 5e-4, 2.5e-4, 1e-4)
 NS = (2, 3, 4, 5, 6)
@@ -289,9 +291,7 @@ def report(args: argparse.Namespace, all_specs: list[Any], work: Path) -> None:
 
 def _figure(args: argparse.Namespace, all_specs: list[Any], done: dict[str, dict[str, Any]],
             agents: list[str]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from qhil.agents.supply_sweep import moving_average
 
