@@ -8,7 +8,6 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from qhil.drivers import _validate as check
 from qhil.drivers import set_threads
 from qhil.drivers.threads import default_threads
 
@@ -48,18 +47,3 @@ def gradient_step(opt: torch.optim.Optimizer, params: Iterable[torch.Tensor], lo
     loss.backward()
     torch.nn.utils.clip_grad_norm_(list(params), grad_clip)
     opt.step()
-
-
-def check_network_and_replay(cfg: Any) -> None:
-    """Validate the options every replay agent config has: ``hidden`` (non-empty layer
-    widths), ``batch_size``, ``buffer_size``, ``learning_starts``, ``updates_per_step`` and,
-    where present, ``target_update``. Raises ValidationError naming the option."""
-    hidden = tuple(cfg.hidden)
-    if not hidden or not all(isinstance(h, int) and 1 <= h <= 65_536 for h in hidden):
-        raise check.ValidationError("hidden", f"{hidden!r}", "a non-empty tuple of layer widths in 1..65536")
-    check.integer("buffer_size", cfg.buffer_size, 1, 10**9)
-    check.integer("batch_size", cfg.batch_size, 1, cfg.buffer_size)
-    check.integer("learning_starts", cfg.learning_starts, 0, 10**9)
-    check.integer("updates_per_step", cfg.updates_per_step, 1, 1000)
-    if hasattr(cfg, "target_update"):
-        check.integer("target_update", cfg.target_update, 1, 10**9)

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from qhil.drivers import _validate as check
 
-from .base import SeededAgent, check_network_and_replay, gradient_step
+from ._checks import check_network_and_replay
+from .base import SeededAgent, gradient_step
 from .sac import mlp
 
 
@@ -48,7 +49,7 @@ class BootstrappedDQNConfig:
     batch_size: int = 64
     target_update: int = 200
     learning_starts: int = 64            # ours
-    updates_per_step: int = 1            # ours
+    updates_per_step: float = 1          # ours; < 1 with many envs
     grad_clip: float = 10.0              # ours
     total_steps: int = 50_000
     seed: int = 0

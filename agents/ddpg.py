@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from qhil.drivers import _validate as check
 
-from .base import SeededAgent, check_network_and_replay
+from ._checks import check_network_and_replay
+from .base import SeededAgent
 from .sac import SoftQ, mlp
 
 
@@ -41,7 +42,7 @@ class DDPGConfig:
     buffer_size: int = 10_000
     batch_size: int = 64
     learning_starts: int = 250           # ours
-    updates_per_step: int = 1            # ours
+    updates_per_step: float = 1          # ours; < 1 with many envs
     total_steps: int = 50_000
     seed: int = 0
 

@@ -69,7 +69,7 @@ class EnsembleConfig:
         return self.dqn.learning_starts
 
     @property
-    def updates_per_step(self) -> int:
+    def updates_per_step(self) -> float:
         return self.dqn.updates_per_step
 
     @property

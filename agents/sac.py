@@ -20,7 +20,9 @@ line starts fast) follow the public Dicke-battery SAC work (Erdman et al., PRL
 Adam lr 1e-3, γ = 0.993, ρ = 0.995, replay 180k, 5,000 random warm-up steps, one update
 per environment step, H̄ from 0.72 to −3, w_mean = 40k and w_width = 20k steps. The step
 schedules (w_mean, w_width, the entropy decay) are written for ``reference_steps`` and
-scaled by ``total_steps / reference_steps`` (:meth:`SACConfig.scaled`).
+scaled by ``total_steps / reference_steps`` (:meth:`SACConfig.scaled`). ``updates_per_step``
+may be below 1 (ours): with B batteries stepped together, 1/B gives one update per round,
+i.e. B times the explored episodes for the same number of updates.
 """
 from __future__ import annotations
 

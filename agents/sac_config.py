@@ -14,6 +14,8 @@ from typing import Any
 
 from qhil.envs.charging import scheduled_weight
 
+from ._checks import check_network_and_replay
+
 
 @dataclass
 class SACConfig:
@@ -26,7 +28,7 @@ class SACConfig:
     polyak: float = 0.995            # ρ of the target networks
     buffer_size: int = 180_000
     learning_starts: int = 5_000     # uniform-random warm-up steps before any update
-    updates_per_step: int = 1
+    updates_per_step: float = 1.0    # gradient updates per environment step; < 1 with many envs (ours)
     alpha_init: float = 0.2          # initial temperature α (ours; tuned online, Eq. 18)
     entropy_start: float = 0.72      # target entropy H̄ at step 0 (nats, normalised action)
     entropy_end: float = -3.0        # …its limit
@@ -41,6 +43,7 @@ class SACConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        check_network_and_replay(self)
 
     def scaled(self) -> "SACConfig":
         """The step schedules (w_mean, w_width, entropy_decay) scaled to ``total_steps``."""

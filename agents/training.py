@@ -268,6 +268,8 @@ def train(agent: Any, env: Any, *, store: RunStore | None = None, run: str = "ru
     # np.zeros is lazily committed: a 180k ring costs memory only as it fills
     buffer = ReplayBuffer(cfg.buffer_size, env.obs_dim, agent.act_dim, agent.n_reward_terms) if replay else None
     learning_starts = getattr(cfg, "learning_starts", 0) if replay else 0
+    # the step count after the first round that updates (steps advance by n_envs)
+    first_update_step = max(n_envs, -(-learning_starts // n_envs) * n_envs)
     state = TrainState()
     if checkpoint is not None and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint, agent, buffer, env)
@@ -305,7 +307,9 @@ def train(agent: Any, env: Any, *, store: RunStore | None = None, run: str = "ru
                 stats.update(observe(obs, act, info["reward_terms"], next_obs, done | trunc, state.step) or {})
             obs = next_obs
             if buffer is not None and state.step >= learning_starts:
-                for _ in range(n_envs * cfg.updates_per_step):
+                # updates_per_step per env step (may be < 1 with many envs), from the warm-up's end
+                due = int((state.step - first_update_step + n_envs) * cfg.updates_per_step + 1e-9)
+                for _ in range(due - state.updates):
                     batch = buffer.sample(cfg.batch_size, agent.rng, agent.reward_weights(state.step))
                     stats = agent.update(batch, state.step)
                     state.updates += 1

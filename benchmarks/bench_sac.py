@@ -4,6 +4,8 @@ full-state value 4.0445, and throughput against stable-baselines3's SAC on the s
     .venv/bin/python benchmarks/bench_sac.py                      # full: run to the target
     .venv/bin/python benchmarks/bench_sac.py --max-steps 1200 --learning-starts 200 --sb3-steps 1200
                                                                   # throughput only, quick
+    .venv/bin/python benchmarks/bench_sac.py --precision bf16 --n-envs 8 --updates-per-step 0.125 \
+        --history 28 --max-steps 56000 --learning-starts 4000 --sb3-steps 0   # batched Table 1 set-up
 
 Prints what it measured: wall time to the target (or that it was not reached within
 --max-steps), env-steps/s and updates/s of qhil's SAC, the same for stable-baselines3 SAC
@@ -22,14 +24,18 @@ TARGET = 4.0445           # seed 000, Table 1, Env1 full state
 
 
 def ours(max_steps: int, seed: int, hidden: tuple[int, ...], target: float | None,
-         learning_starts: int = 5_000, precision: str = "fp32") -> dict:
+         learning_starts: int = 5_000, precision: str = "fp32", n_envs: int = 1,
+         updates_per_step: float = 1.0, history: int | None = None) -> dict:
     from qhil.agents.runstore import RunStore
     from qhil.agents.sac import SAC, SACConfig
     from qhil.agents.training import train_off_policy
     from qhil.envs import make_charging_env
+    from qhil.envs.history import HistoryVectorEnv
     cfg = SACConfig(total_steps=max_steps, seed=seed, hidden=hidden, learning_starts=learning_starts,
-                    precision=precision).scaled()
-    env = make_charging_env("env1", "second_order", w_mean=cfg.w_mean, w_width=cfg.w_width)
+                    precision=precision, updates_per_step=updates_per_step).scaled()
+    env = make_charging_env("env1", "second_order", n_envs=n_envs, w_mean=cfg.w_mean, w_width=cfg.w_width)
+    if history is not None:
+        env = HistoryVectorEnv(env, history)
     agent = SAC(env.obs_dim, env.action_low, env.action_high, cfg)
     hit: dict = {}
 
@@ -76,13 +82,18 @@ def main() -> int:
     p.add_argument("--learning-starts", type=int, default=5_000, help="random warm-up steps (paper: 5000)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "both"],
                    help="SAC update precision; 'both' runs ours twice (fp32, then bf16)")
+    p.add_argument("--n-envs", type=int, default=1, help="batteries stepped together (ours)")
+    p.add_argument("--updates-per-step", type=float, default=1.0, help="SAC updates per env step (ours)")
+    p.add_argument("--history", type=int, default=None, help="observation window (ours)")
     a = p.parse_args()
     hidden = tuple(int(h) for h in a.hidden.split(","))
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; torch threads "
-          f"QHIL_TORCH_THREADS={os.environ.get('QHIL_TORCH_THREADS', '1 (default)')}; network {hidden}")
+          f"QHIL_TORCH_THREADS={os.environ.get('QHIL_TORCH_THREADS', '1 (default)')}; network {hidden}; "
+          f"{a.n_envs} env(s), {a.updates_per_step:g} updates/env step, window {a.history or 1}")
     rates = []
     for precision in (["fp32", "bf16"] if a.precision == "both" else [a.precision]):
-        r = ours(a.max_steps, a.seed, hidden, TARGET, a.learning_starts, precision)
+        r = ours(a.max_steps, a.seed, hidden, TARGET, a.learning_starts, precision, a.n_envs,
+                 a.updates_per_step, a.history)
         sps, ups = r["steps"] / r["wall"], r["updates"] / max(r["wall"], 1e-9)
         if r["hit"]:
             print(f"qhil SAC {precision}, Env1 second_order: best explored ergotropy reached {TARGET} after "
@@ -93,6 +104,12 @@ def main() -> int:
         print(f"qhil SAC {precision}: {sps:.1f} env-steps/s, {ups:.1f} updates/s over the run "
               f"({r['learning_starts']} warm-up steps without updates)")
         rates.append((precision, sps, ups))
+    if a.sb3_steps <= 0:
+        print("--sb3-steps 0: no comparison")
+        return 0
+    if a.n_envs > 1 or a.history or a.updates_per_step != 1:
+        print("note: stable-baselines3 runs one env, no window, one update per step; compare updates/s "
+              "only with the same settings on our side")
     # same warm-up fraction for the comparison
     ls = min(r["learning_starts"], a.sb3_steps // 4)
     s = sb3(a.sb3_steps, a.seed, hidden, ls)

@@ -15,9 +15,9 @@ from qhil.drivers import ValidationError, create_backend
 from qhil.envs import ENV1, ChargingVectorEnv, DickeBattery
 from qhil.envs.history import HistoryVectorEnv
 from qhil.envs.robust import RandomisedChargingEnv, heldout_realisations
-from qhil.lab.cli import main
+from qhil.lab.cli import build_parser, main
 from qhil.lab.commands.paper_results import gap_closed, mean_ci, t_reach
-from qhil.lab.commands.reproduce import t_half_width
+from qhil.lab.commands.reproduce import apply_setup, parse_windows, t_half_width
 from qhil.lab.commands.train import fixed_weight_schedule
 
 
@@ -89,6 +89,36 @@ class _Env:
 class _State:
     def __init__(self, episode: int, step: int = 0) -> None:
         self.episode, self.step = episode, step
+
+
+def test_table1_windows_are_parsed_per_regime_and_checked():
+    regimes = ["full_state", "energies", "first_order", "second_order"]
+    assert parse_windows("energies=28, second_order=8", regimes) == {"energies": 28, "second_order": 8}
+    assert parse_windows("", regimes) == {}
+    for bad, word in [("full_state=4", "regime"), ("energy=4", "regime"), ("energies=0", r"\[1, 28\]"),
+                      ("energies=29", r"\[1, 28\]"), ("energies=x", r"\[1, 28\]"), ("energies", r"\[1, 28\]"),
+                      ("energies=\u00b2", r"\[1, 28\]")]:
+        with pytest.raises(SystemExit, match=word):
+            parse_windows(bad, regimes)
+
+
+def test_setup_presets_fill_only_the_options_left_unset():
+    from pathlib import Path
+    args = build_parser().parse_args(["reproduce", "table1", "--setup", "batched", "--total-steps", "100"])
+    apply_setup(args)
+    assert args.total_steps == 100                                   # given: kept
+    assert args.work_dir == Path("runs/table1_batched") and "--n-envs 8" in args.train_args
+    assert parse_windows(args.windows, ["energies", "first_order", "second_order"])["second_order"] == 28
+    paper = build_parser().parse_args(["reproduce", "tableS1"])
+    apply_setup(paper)
+    assert (paper.total_steps, paper.train_args, paper.out_dir) == (30_000, "", Path("docs/results"))
+    with pytest.raises(SystemExit, match="only for"):
+        apply_setup(build_parser().parse_args(["reproduce", "robust", "--setup", "batched"]))
+    more = build_parser().parse_args(["reproduce", "table1", "--setup", "batched", "--train-args", "--hidden 8,8"])
+    apply_setup(more)                                                # appended after the preset's flags
+    assert more.train_args.endswith("--precision bf16 --hidden 8,8")
+    with pytest.raises(SystemExit, match="work-dir"):                # other windows, same runs: refused
+        apply_setup(build_parser().parse_args(["reproduce", "table1", "--windows", "energies=4"]))
 
 
 def test_select_best_on_a_fake_history():
@@ -268,9 +298,10 @@ def test_table2_report_from_summaries(tmp_path, capsys):
 def test_tableS1_report_from_the_run_store(tmp_path, capsys):
     work, out = tmp_path / "w", tmp_path / "o"
     store = RunStore(work / "runs.sqlite")
-    for seed, erg in enumerate([[1.0, 2.0, 9.5, 10.0], [5.0, 9.0, 9.0, 9.0]]):       # T_0.9 = 3 and 2
+    # seeds 0, 1: plain (paper set-up), T_0.9 = 3 and 2; seed 2: a window of 28 (batched), T_0.9 = 2
+    for seed, erg in enumerate([[1.0, 2.0, 9.5, 10.0], [5.0, 9.0, 9.0, 9.0], [1.0, 9.5, 10.0, 10.0]]):
         run = f"env1/energies/seed{seed}"
-        store.start_run(run, {"env": "env1", "regime": "energies"})
+        store.start_run(run, {"env": "env1", "regime": "energies"} | ({"history": 28} if seed == 2 else {}))
         best = np.maximum.accumulate(erg)
         store.log_episodes(run, [{"episode": i, "step": 28 * (i + 1), "ret": e, "energy": e, "ergotropy": e,
                                   "best": b, "weight": 0.0} for i, (e, b) in enumerate(zip(erg, best))])
@@ -281,6 +312,9 @@ def test_tableS1_report_from_the_run_store(tmp_path, capsys):
     row = (out / "tableS1.csv").read_text().splitlines()[1].split(",")
     assert float(row[2]) == pytest.approx(2.5) and row[5] == "3 2"
     assert "1744.0" in capsys.readouterr().out
+    assert main(["reproduce", "tableS1", "--setup", "batched", "--envs", "env1", "--regimes", "energies",
+                 "--work-dir", str(work), "--out-dir", str(out)]) == 0
+    assert (out / "tableS1.csv").read_text().splitlines()[1].split(",")[5] == "2"
 
 
 @pytest.mark.slow

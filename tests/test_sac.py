@@ -208,6 +208,25 @@ def test_config_from_file_and_scaling(tmp_path):
         SACConfig.from_dict({"hiden": [1]})
 
 
+@pytest.mark.parametrize("n_envs, warm, per_step, steps, expected", [
+    (1, 28, 1, 112, 112 - 28 + 1),           # one update per env step from the warm-up's last step
+    (4, 56, 0.25, 560, (560 - 56 + 4) // 4),  # 4 batteries, one update per round of 4 env steps
+    (4, 56, 2, 224, 2 * (224 - 56 + 4)),
+    (1, 0, 1, 56, 56),                        # no warm-up: one update after each step
+    (4, 0, 1, 112, 112),
+    (4, 30, 1, 112, 112 - 32 + 4),            # warm-up of 30 steps: updates from step 32 on
+])
+def test_updates_per_step_counts_updates_per_environment_step(n_envs, warm, per_step, steps, expected):
+    env = make_charging_env("env1", "energies", n_envs=n_envs)
+    cfg = SACConfig(hidden=(8, 8), batch_size=8, total_steps=steps, learning_starts=warm, updates_per_step=per_step)
+    agent = SAC(env.obs_dim, env.action_low, env.action_high, cfg)
+    state = train_off_policy(agent, env, progress=False)
+    assert state.step == steps and state.updates == expected
+    for bad in (0, -1, "1", float("nan")):
+        with pytest.raises(ValueError, match="updates_per_step"):
+            SACConfig(updates_per_step=bad)
+
+
 def test_train_command_writes_a_labelled_summary_and_resumes(tmp_path):
     import json
 

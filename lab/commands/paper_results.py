@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import pyplot
-from .reproduce import ENVS, PAPER, _ema, _summary_path, run_jobs, t_half_width
+from .reproduce import ENVS, PAPER, _ema, _summary_path, parse_windows, run_jobs, t_half_width
 
 #: Seed 000, Table 2 (trained on Env1, checkpoint by mean over Env1–3): (mean, CI half-width).
 PAPER_TABLE2 = {
@@ -249,15 +249,17 @@ def report_table2(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 # -- Table S1 and Fig. S1 (from the Table 1 runs) -------------------------------------------
-def _table1_runs(work: Path) -> dict[tuple[str, str], list[str]]:
-    """(env, regime) → names of the finished Table 1 runs (plain ones: no history, no weight…)."""
+def _table1_runs(work: Path, windows: dict[str, int]) -> dict[tuple[str, str], list[str]]:
+    """(env, regime) → names of the finished Table 1 runs: no weight, randomisation or
+    selection, and the set-up's observation window for the regime (``windows``)."""
     store = _store(work)
     if store is None:
         return {}
     out: dict[tuple[str, str], list[str]] = {}
     for name, v in sorted(store.runs().items()):
         c = v["config"]
-        if v["status"] == "done" and not ({"history", "weight", "omega_range", "omega_spread", "eval_envs", "eval_random"} & set(c)):
+        other = {"weight", "omega_range", "omega_spread", "eval_envs", "eval_random"} & set(c)
+        if v["status"] == "done" and not other and c.get("history") == windows.get(c.get("regime")):
             out.setdefault((c.get("env"), c.get("regime")), []).append(name)
     store.close()
     return out
@@ -265,7 +267,7 @@ def _table1_runs(work: Path) -> dict[tuple[str, str], list[str]]:
 
 def report_tableS1(args: argparse.Namespace) -> list[dict[str, Any]]:
     work, out = args.work_dir, args.out_dir
-    runs = _table1_runs(work)
+    runs = _table1_runs(work, parse_windows(args.windows, args.regimes.split(",")))
     store = _store(work)
     rows, curves = [], {}
     for env in args.envs.split(","):
@@ -310,7 +312,7 @@ def report_tableS1(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def report_figS1(args: argparse.Namespace) -> list[dict[str, Any]]:
     work, out = args.work_dir, args.out_dir
-    runs = _table1_runs(work)
+    runs = _table1_runs(work, parse_windows(args.windows, args.regimes.split(",")))
     store = _store(work)
     rows = []
     for env in args.envs.split(","):
@@ -451,7 +453,7 @@ def report_history(args: argparse.Namespace) -> list[dict[str, Any]]:
 def report_robust(args: argparse.Namespace) -> list[dict[str, Any]]:
     work, out = args.work_dir, args.out_dir
     lo, hi = _omega_range(args)
-    grape = _grape(out)
+    grape = _grape(args.grape_dir or out)
     kinds = {f"domain-randomised U[{lo:g}, {hi:g}] (selected on {args.eval_random} validation draws)":
              lambda s: robust_name(lo, hi, s)}
     if args.robust_history:

@@ -4,6 +4,7 @@ this job runner (:func:`run_jobs`) and run store.
 
     nice -n 10 qhil reproduce table1 --jobs 2                             # start or resume
     qhil reproduce table1 --report-only                                  # tables/figures so far
+    nice -n 10 qhil reproduce table1 --setup batched                      # the faster set-up below
 
 3 environments × 4 observation regimes × 5 seeds of ``qhil train``, ``--jobs`` at a time as
 separate processes on this machine. Each run records its episodes in
@@ -18,6 +19,16 @@ ergotropy explored during training, averaged over finished seeds, with a 95% Stu
 half-width; ``deterministic_mean`` averages the trained policies' deterministic episodes.
 Figures: ``fig1_learning_curves.png`` (EMA γ_G = 0.9 of the return, mean ± std over seeds)
 and ``fig2_best_protocols.png`` (Env1: best protocol per regime and its ergotropy).
+
+Two set-ups (``--setup``; any flag given explicitly overrides the set-up's value):
+
+* ``paper``: the paper's agent, one battery, one update per env step, the observation of
+  the current step only; 30,000 env steps per run; ``runs/table1`` → ``docs/results``.
+* ``batched`` (ours): 8 batteries stepped together with one update per 8 env steps (8× the
+  explored episodes for the same updates), bf16 updates, 4,000 warm-up steps, 56,000 env
+  steps (6,501 updates) per run, and for the partially observed regimes a window of the
+  last 28 observations (the whole episode so far, zero-padded); ``runs/table1_batched`` →
+  ``docs/results/table1_batched``.
 """
 from __future__ import annotations
 
@@ -50,6 +61,18 @@ PAPER = {
 }
 
 
+#: ``--setup`` presets: values for the options left unset on the command line.
+SETUPS: dict[str, dict[str, Any]] = {
+    "paper": {"total_steps": 30_000, "windows": "", "train_args": "", "work_dir": None,
+              "out_dir": Path("docs/results"), "grape_dir": None},
+    "batched": {"total_steps": 56_000, "windows": "energies=28,first_order=28,second_order=28",
+                "train_args": "--n-envs 8 --updates-per-step 0.125 --learning-starts 4000 --precision bf16",
+                "work_dir": Path("runs/table1_batched"), "out_dir": Path("docs/results/table1_batched"),
+                "grape_dir": Path("docs/results")},
+}
+#: Targets that read the Table 1 runs, so may name a set-up.
+TABLE1_READERS = ["table1", "tableS1", "figS1"]
+
 #: Targets besides table1; their runs and reports live in :mod:`.paper_results`.
 MORE = ["table2", "tableS1", "figS1", "figS2", "history", "robust"]
 
@@ -63,13 +86,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seeds", type=int, default=5)
     s.add_argument("--envs", default=",".join(ENVS))
     s.add_argument("--regimes", default=",".join(REGIMES))
-    s.add_argument("--total-steps", type=int, default=30_000, help="environment steps per run (resume with the same value)")
+    s.add_argument("--setup", choices=list(SETUPS), default="paper",
+                   help="table1 (and tableS1, figS1, which read its runs): 'paper' or 'batched' (see --help of the module)")
+    s.add_argument("--total-steps", type=int, default=None,
+                   help="environment steps per run (resume with the same value; default: the set-up's)")
     s.add_argument("--config", type=Path, default=None, help="SAC options file passed to every run")
-    s.add_argument("--train-args", default="", help="extra flags for every `qhil train`, e.g. '--hidden 256,256'")
+    s.add_argument("--windows", default=None,
+                   help="table1: observation window per regime (memory), e.g. "
+                        "'energies=28,first_order=28,second_order=8'; regimes not named see one step")
+    s.add_argument("--train-args", default=None,
+                   help="extra flags for every `qhil train`, e.g. '--hidden 256,256' (after the set-up's)")
     s.add_argument("--work-dir", type=Path, default=None,
-                   help="run store + checkpoints (default runs/table1 for table1, tableS1, figS1; "
-                        "runs/extended for the others)")
-    s.add_argument("--out-dir", type=Path, default=Path("docs/results"))
+                   help="run store + checkpoints (default: the set-up's for table1, tableS1, figS1 — "
+                        "runs/table1 or runs/table1_batched; runs/extended for the others)")
+    s.add_argument("--out-dir", type=Path, default=None, help="default docs/results (paper set-up)")
+    s.add_argument("--grape-dir", type=Path, default=None,
+                   help="where the GRAPE ceilings grape_<env>.json are (default: the out dir)")
     s.add_argument("--report-only", action="store_true", help="only aggregate what has finished")
     from .paper_results import add_arguments
     add_arguments(s)
@@ -84,28 +116,60 @@ def _summary_path(work: Path, run: str) -> Path:
     return work / "summaries" / (run.replace("/", "_") + ".json")
 
 
+def apply_setup(args: argparse.Namespace) -> None:
+    """Fill the options left unset (None) from the ``--setup`` preset; ``--train-args``
+    are appended to the preset's (a flag given twice: the later one counts)."""
+    if args.setup != "paper" and args.what not in TABLE1_READERS:
+        raise SystemExit(f"--setup {args.setup}: only for {', '.join(TABLE1_READERS)} (got {args.what})")
+    preset = SETUPS[args.setup]
+    if args.windows is not None and args.windows != preset["windows"] and args.work_dir is None:
+        raise SystemExit("--windows other than the set-up's changes the runs: give them a --work-dir of their own")
+    if args.train_args is not None:
+        args.train_args = f"{preset['train_args']} {args.train_args}".strip()
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def run(args: argparse.Namespace) -> int:
+    apply_setup(args)
     if args.what != "table1":
         from .paper_results import run_target
         return run_target(args)
     envs, regimes = args.envs.split(","), args.regimes.split(",")
     work, out = args.work_dir or Path("runs/table1"), args.out_dir
+    grape = args.grape_dir or out
+    windows = parse_windows(args.windows, regimes)
     out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
-        jobs = [(_run_name(e, r, s), ["--env", e, "--regime", r, "--seed", str(s)])
+        jobs = [(_run_name(e, r, s), ["--env", e, "--regime", r, "--seed", str(s)]
+                 + (["--history", str(windows[r])] if r in windows else []))
                 for s in range(args.seeds) for e in envs for r in regimes]
         run_jobs(jobs, args, work)
         for env in envs:                 # ceilings last: training is the long part
-            _ensure_grape(env, out)
-    rows = write_table(envs, regimes, work, out, args.seeds)
+            _ensure_grape(env, grape)
+    rows = write_table(envs, regimes, work, out, args.seeds, grape)
     print_table(rows)
     print_unfinished(work)
-    write_figures(envs, regimes, work, out, args.seeds)
+    write_figures(envs, regimes, work, out, args.seeds, grape)
     return 0
 
 
-def _ensure_grape(env: str, out: Path) -> None:
-    path = out / f"grape_{env}.json"
+def parse_windows(text: str, regimes: list[str]) -> dict[str, int]:
+    """``'energies=28,second_order=8'`` → {regime: window}; names and windows checked."""
+    out: dict[str, int] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, k = item.partition("=")
+        if name not in REGIMES or name == "full_state":
+            raise SystemExit(f"--windows: regime {name!r} must be one of energies, first_order, second_order")
+        if not (k.isascii() and k.isdecimal()) or not 1 <= int(k) <= 28:
+            raise SystemExit(f"--windows: window of {name} must be an integer in [1, 28], got {k!r}")
+        out[name] = int(k)
+    return out
+
+
+def _ensure_grape(env: str, grape_dir: Path) -> None:
+    path = grape_dir / f"grape_{env}.json"
     if not path.exists():
         subprocess.run([sys.executable, "-m", "qhil.lab.cli", "grape", "--env", env, "--starts", "10",
                         "--out", str(path)], check=True)
@@ -159,12 +223,13 @@ def t_half_width(x: list[float], level: float = 0.95) -> float:
     return float(t.ppf(0.5 + level / 2, n - 1) * np.std(x, ddof=1) / math.sqrt(n))
 
 
-def write_table(envs: list[str], regimes: list[str], work: Path, out: Path, n_seeds: int) -> list[dict[str, Any]]:
+def write_table(envs: list[str], regimes: list[str], work: Path, out: Path, n_seeds: int,
+                grape_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for (env, regime), runs in _summaries(envs, regimes, work, n_seeds).items():
         best = [r["best_explored"]["ergotropy"] for r in runs]
         det = [r["deterministic"]["ergotropy"] for r in runs]
-        g = out / f"grape_{env}.json"
+        g = grape_dir / f"grape_{env}.json"
         rows.append({"env": env, "regime": regime, "mean": float(np.mean(best)) if best else float("nan"),
                      "ci_half_width": t_half_width(best), "n_seeds": len(best),
                      "grape_ceiling": json.loads(g.read_text())["ergotropy"] if g.exists() else float("nan"),
@@ -214,7 +279,8 @@ def _ema(x: np.ndarray, g: float = 0.9) -> np.ndarray:
     return out
 
 
-def write_figures(envs: list[str], regimes: list[str], work: Path, out: Path, n_seeds: int) -> None:
+def write_figures(envs: list[str], regimes: list[str], work: Path, out: Path, n_seeds: int,
+                  grape_dir: Path) -> None:
     plt = pyplot()
 
     from qhil.agents.runstore import RunStore
@@ -264,7 +330,7 @@ def write_figures(envs: list[str], regimes: list[str], work: Path, out: Path, n_
         t = np.arange(len(lam) + 1) * 0.2
         axes[0].step(t, np.append(lam, lam[-1]), where="post", label=f"{labels[regime]}")
         axes[1].plot(t, b["trajectory"], marker=".", label=f"{labels[regime]}: {b['ergotropy']:.4f}")
-    g = out / f"grape_{env}.json"
+    g = grape_dir / f"grape_{env}.json"
     if g.exists():
         gr = json.loads(g.read_text())
         lam = np.asarray(gr["protocol"])
