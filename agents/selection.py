@@ -33,6 +33,26 @@ def select_best(history: Sequence[dict[str, Any]]) -> int:
     return int(np.argmax(means))
 
 
+def score_policy(agent: Any, envs: dict[str, Any]) -> dict[str, float]:
+    """Terminal ergotropy (units ω_0) of ``agent``'s deterministic policy on each env
+    (vector envs with n_envs = 1; the agent is not changed)."""
+    return {name: float(deterministic_episode(agent, env)["ergotropy"]) for name, env in envs.items()}
+
+
+def load_policy(checkpoint: str | Path, obs_dim: int, action_low: float, action_high: float) -> Any:
+    """The SAC agent of a training checkpoint (its own config and weights), to evaluate.
+    ``obs_dim`` must be the observation size it was trained on (window included)."""
+    from .sac import SAC, SACConfig
+    blob = torch.load(checkpoint, weights_only=False)
+    agent = SAC(obs_dim, action_low, action_high, SACConfig.from_dict(blob["agent"]["config"]))
+    try:
+        agent.load_state_dict(blob["agent"])
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint {checkpoint}: its networks do not fit obs_dim = {obs_dim} "
+                         f"(a different regime or observation window?): {str(e).splitlines()[0]}") from None
+    return agent
+
+
 class CrossEnvSelector:
     """Periodic deterministic evaluation on several envs and best-mean policy selection.
 
@@ -92,7 +112,7 @@ class CrossEnvSelector:
 
     def evaluate_on(self, envs: dict[str, Any]) -> dict[str, float]:
         """Terminal ergotropy (units ω_0) of the current deterministic policy on each env."""
-        return {name: float(deterministic_episode(self.agent, env)["ergotropy"]) for name, env in envs.items()}
+        return score_policy(self.agent, envs)
 
     # -- results ---------------------------------------------------------------------------
     def best(self) -> dict[str, Any] | None:

@@ -353,3 +353,30 @@ def test_randomised_draws_follow_the_round_so_a_resumed_run_continues_them():
     resumed.n_step = 2 * 2 * 2                       # two rounds of B = 2 envs × K = 2 steps done
     assert np.array_equal(resumed.reset()[1]["omegas"][0], draws[2])
     assert not np.array_equal(draws[0], draws[1])
+
+
+def test_transfer_scores_the_final_table1_policies_on_other_batteries(tmp_path):
+    """`reproduce transfer`: the final Env1 policy, deterministic, on Env1–3 and held-out draws,
+    equals an independent replay of the checkpoint; a wrong window is refused by name."""
+    import csv
+
+    from qhil.agents.selection import load_policy
+    from qhil.agents.training import deterministic_episode
+    from qhil.envs import make_charging_env
+    work, out = tmp_path / "w", tmp_path / "o"
+    assert main(["train", "--env", "env1", "--regime", "energies", "--history", "3", "--total-steps", "84",
+                 "--learning-starts", "28", "--hidden", "8,8", "--batch-size", "8", "--run-dir", str(work),
+                 "--no-progress"]) == 0
+    assert main(["reproduce", "transfer", "--regimes", "energies", "--windows", "energies=3", "--test-random", "2",
+                 "--work-dir", str(work), "--out-dir", str(out)]) == 0
+    [run] = list(csv.DictReader(open(out / "transfer_seeds.csv")))
+    assert run["run"] == "env1/energies/seed0"
+    env2 = HistoryVectorEnv(make_charging_env("env2", "energies", weight=0.0), 3)
+    agent = load_policy(work / "env1_energies_seed0.pt", env2.obs_dim, env2.action_low, env2.action_high)
+    assert float(run["env2"]) == pytest.approx(deterministic_episode(agent, env2)["ergotropy"], abs=1e-6)
+    rows = {r["env"]: r for r in csv.DictReader(open(out / "transfer.csv"))}
+    assert set(rows) == {"env1", "env2", "env3", "heldout_mean", "heldout_min"}
+    assert int(rows["env3"]["n_seeds"]) == 1 and float(rows["heldout_min"]["mean"]) <= float(rows["heldout_mean"]["mean"])
+    plain = make_charging_env("env1", "energies")
+    with pytest.raises(ValueError, match="obs_dim"):
+        load_policy(work / "env1_energies_seed0.pt", plain.obs_dim, plain.action_low, plain.action_high)

@@ -1,9 +1,10 @@
-"""``qhil reproduce table2|tableS1|figS1|figS2|history|robust``: the rest of seed 000 and its
+"""``qhil reproduce table2|tableS1|figS1|figS2|history|robust|transfer``: the rest of seed 000 and its
 Sec. V extensions, on the job runner and run store of :mod:`.reproduce`.
 
     nice -n 10 qhil reproduce table2 --seeds 5                 # train on Env1, select across Env1–3
     qhil reproduce tableS1                                     # T_0.9 from the Table 1 runs (no training)
     qhil reproduce figS1                                       # seed spread of the Table 1 runs
+    qhil reproduce transfer --setup batched                    # Table 2 from the Table 1 Env1 policies
     nice -n 10 qhil reproduce figS2 --seeds 5                  # scheduled w vs w = 0.5 vs w = 0
     nice -n 10 qhil reproduce history --history-window 28      # E_j only, with vs without history
     nice -n 10 qhil reproduce robust --omega-range 0.5,1.5     # domain-randomised training
@@ -24,6 +25,11 @@ Outputs in ``--out-dir`` (default docs/results): ``table2.csv`` + ``table2_robus
 ``figS2.csv`` + ``figS2_reward_weight.png``, ``history.csv`` + ``history.png``,
 ``robust.csv`` + ``robust.png``. Every table prints ours beside the paper's values and the
 scale run (steps, seeds).
+
+``transfer`` trains nothing: it scores the *final* policies of the finished Table 1 Env1 runs
+(deterministic, no checkpoint selection, so stricter than Table 2's protocol) on Env1–Env3
+and the ``--test-random`` held-out realisations: ``transfer.csv`` (mean ± 95% CI over seeds),
+``transfer_seeds.csv`` (per run) and ``transfer.png``, in the set-up's out dir.
 """
 from __future__ import annotations
 
@@ -67,7 +73,8 @@ LABELS = {"full_state": "|ψ(t)⟩", "energies": "E_j", "first_order": "E_j+⟨�
 def add_arguments(s: argparse.ArgumentParser) -> None:
     """Options of the targets in this module (table1's are in :mod:`.reproduce`)."""
     s.add_argument("--eval-every", type=int, default=20, help="episodes between cross-env evaluations")
-    s.add_argument("--test-random", type=int, default=32, help="held-out realisations scored at the end")
+    s.add_argument("--test-random", type=int, default=32,
+                   help="held-out realisations scored at the end (robust, table2, transfer)")
     s.add_argument("--weights", default="scheduled,0.5,0", help="figS2: reward weights (scheduled or w in [0, 1])")
     s.add_argument("--history-window", type=int, default=28, help="history: observations in the window")
     s.add_argument("--history-regime", default="energies", help="history: the partially observed regime")
@@ -203,7 +210,8 @@ def run_target(args: argparse.Namespace) -> int:
     if training and not args.report_only:
         run_jobs(jobs_for(args), args, args.work_dir)
     report = {"table2": report_table2, "tableS1": report_tableS1, "figS1": report_figS1,
-              "figS2": report_figS2, "history": report_history, "robust": report_robust}[args.what]
+              "figS2": report_figS2, "history": report_history, "robust": report_robust,
+              "transfer": report_transfer}[args.what]
     report(args)
     return 0
 
@@ -215,20 +223,29 @@ def report_table2(args: argparse.Namespace) -> list[dict[str, Any]]:
     for regime in args.regimes.split(","):
         sums = [x for s in range(args.seeds) if (x := _summary(work, base_name(regime, s))) and "selection" in x]
         for env in ENVS + ["heldout_mean"]:
-            m, h, n = mean_ci([x["selection"]["report"].get(env, float("nan")) for x in sums])
-            pm, ph = PAPER_TABLE2.get((regime, env), (float("nan"), float("nan")))
-            rows.append({"regime": regime, "env": env, "mean": m, "ci_half_width": h, "n_seeds": n,
-                         "paper_mean": pm, "paper_ci": ph,
-                         "steps": sums[0]["steps"] if sums else 0})
+            rows.append(_table2_row(regime, env, [x["selection"]["report"].get(env, float("nan")) for x in sums],
+                                    steps=sums[0]["steps"] if sums else 0))
     _write_csv(out / "table2.csv", rows)
     print("Table 2: trained on Env1, policy selected by mean deterministic terminal ergotropy over Env1–3")
     print(_scale(args))
+    _print_and_plot_table2(rows, args.regimes.split(","), f"Table 2 robustness\n{_scale(args)}",
+                           out / "table2_robustness.png")
+    return rows
+
+
+def _table2_row(regime: str, env: str, values: Sequence[float], **extra: Any) -> dict[str, Any]:
+    m, h, n = mean_ci(values)
+    pm, ph = PAPER_TABLE2.get((regime, env), (float("nan"), float("nan")))
+    return {"regime": regime, "env": env, "mean": m, "ci_half_width": h, "n_seeds": n,
+            "paper_mean": pm, "paper_ci": ph, **extra}
+
+
+def _print_and_plot_table2(rows: list[dict[str, Any]], regimes: list[str], title: str, path: Path) -> None:
     print(f"{'regime':13} {'env':12} {'ours':>20} {'n':>2} {'paper':>18}")
     for r in rows:
         print(f"{r['regime']:13} {r['env']:12} {_fmt(r['mean'], r['ci_half_width']):>20} {r['n_seeds']:2d} "
               f"{_fmt(r['paper_mean'], r['paper_ci']) if r['paper_mean'] == r['paper_mean'] else '—':>18}")
     plt = pyplot()
-    regimes = args.regimes.split(",")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, env in zip(axes, ENVS):
         xs = np.arange(len(regimes))
@@ -241,11 +258,10 @@ def report_table2(args: argparse.Namespace) -> list[dict[str, Any]]:
         ax.set_title(f"{env} (trained on env1)")
         ax.set_ylabel("terminal ergotropy (ω_0)")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"Table 2 robustness\n{_scale(args)}", fontsize=8)
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "table2_robustness.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    return rows
 
 
 # -- Table S1 and Fig. S1 (from the Table 1 runs) -------------------------------------------
@@ -508,5 +524,52 @@ def report_robust(args: argparse.Namespace) -> list[dict[str, Any]]:
     fig.tight_layout()
     fig.savefig(out / "robust.png", dpi=120)
     plt.close(fig)
+    return rows
+
+
+# -- transfer: Table 2 from the Table 1 Env1 runs (final policies, no selection) -----------------
+def report_transfer(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from qhil.agents.selection import load_policy, score_policy
+    from qhil.drivers import create_backend
+    from qhil.envs import ChargingVectorEnv, DickeBattery
+    from qhil.envs.dicke import ENVIRONMENTS
+    from qhil.envs.history import HistoryVectorEnv
+    from qhil.envs.robust import heldout_realisations
+
+    from .train import TEST_SEED
+    work, out = args.work_dir, args.out_dir
+    regimes = args.regimes.split(",")
+    windows = parse_windows(args.windows, regimes)
+    runs = _table1_runs(work, windows)
+    backend = create_backend("statevector")          # one propagator cache for every policy
+    batteries = {e: ENVIRONMENTS[e] for e in ENVS}
+    batteries |= {f"test{i}": w for i, w in enumerate(heldout_realisations(args.test_random, TEST_SEED))}
+    rows: list[dict[str, Any]] = []
+    per_run: list[dict[str, Any]] = []
+    for regime in regimes:
+        envs = {}
+        for name, omegas in batteries.items():
+            e = ChargingVectorEnv(DickeBattery(omegas=omegas), regime=regime, backend=backend, weight=0.0)
+            envs[name] = HistoryVectorEnv(e, windows[regime]) if regime in windows else e
+        probe = envs["env1"]
+        scored = []
+        for run in runs.get(("env1", regime), []):
+            checkpoint = work / (run.replace("/", "_") + ".pt")
+            if not checkpoint.exists():
+                continue
+            erg = score_policy(load_policy(checkpoint, probe.obs_dim, probe.action_low, probe.action_high), envs)
+            held = [v for k, v in erg.items() if k.startswith("test")]
+            scored.append({"run": run, "regime": regime, **{e: erg[e] for e in ENVS},
+                           "heldout_mean": float(np.mean(held)) if held else float("nan"),
+                           "heldout_min": float(np.min(held)) if held else float("nan")})
+        per_run += scored
+        for env in ENVS + ["heldout_mean", "heldout_min"]:
+            rows.append(_table2_row(regime, env, [r[env] for r in scored], window=windows.get(regime, 1)))
+    _write_csv(out / "transfer.csv", rows)
+    _write_csv(out / "transfer_seeds.csv", per_run)
+    title = (f"final policies of the Table 1 Env1 runs ({work}), deterministic, no selection; "
+             f"held out: {args.test_random} draws U[0.5, 1.5]^4 (seed {TEST_SEED})")
+    print("Transfer (Table 2 without selection): " + title)
+    _print_and_plot_table2(rows, regimes, "Trained on Env1 only: " + title, out / "transfer.png")
     return rows
 

@@ -71,17 +71,18 @@ SETUPS: dict[str, dict[str, Any]] = {
                 "grape_dir": Path("docs/results")},
 }
 #: Targets that read the Table 1 runs, so may name a set-up.
-TABLE1_READERS = ["table1", "tableS1", "figS1"]
+TABLE1_READERS = ["table1", "tableS1", "figS1", "transfer"]
 
 #: Targets besides table1; their runs and reports live in :mod:`.paper_results`.
-MORE = ["table2", "tableS1", "figS1", "figS2", "history", "robust"]
+MORE = ["table2", "tableS1", "figS1", "figS2", "history", "robust", "transfer"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("reproduce", help="reproduce a table or figure of seed 000, or an extension (resumable)")
     s.add_argument("what", choices=["table1"] + MORE,
                    help="table1, table2 (robustness), tableS1 (T_0.9), figS1 (seed spread), "
-                        "figS2 (reward weight), history (observation window), robust (domain randomisation)")
+                        "figS2 (reward weight), history (observation window), robust (domain randomisation), "
+                        "transfer (Table 1's Env1 policies on Env1–3, no training)")
     s.add_argument("--jobs", type=int, default=2, help="training processes at a time")
     s.add_argument("--seeds", type=int, default=5)
     s.add_argument("--envs", default=",".join(ENVS))
