@@ -304,10 +304,12 @@ def write_figures(envs: list[str], regimes: list[str], work: Path, out: Path, n_
             curves = [c for c in curves if len(c)]
             if not curves:
                 continue
-            n = min(len(c) for c in curves)
-            c = np.stack([c[:n] for c in curves])
-            m, s = c.mean(0), c.std(0)
-            ep = np.arange(n)
+            # unfinished runs are shorter: each episode averages the runs that reached it
+            c = np.full((len(curves), max(len(x) for x in curves)), np.nan)
+            for i, x in enumerate(curves):
+                c[i, :len(x)] = x
+            m, s = np.nanmean(c, 0), np.nanstd(c, 0)
+            ep = np.arange(c.shape[1])
             ax.plot(ep, m, label=f"{labels[regime]} ({len(curves)} runs)")
             ax.fill_between(ep, m - s, m + s, alpha=0.25)
         ax.set_title(env)
