@@ -20,7 +20,8 @@ half-width; ``deterministic_mean`` averages the trained policies' deterministic 
 Figures: ``fig1_learning_curves.png`` (EMA γ_G = 0.9 of the return, mean ± std over seeds)
 and ``fig2_best_protocols.png`` (Env1: best protocol per regime and its ergotropy).
 
-Two set-ups (``--setup``; any flag given explicitly overrides the set-up's value):
+Two set-ups (``--setup``; flags given explicitly override the set-up's values, and
+``--train-args`` are appended after the set-up's):
 
 * ``paper``: the paper's agent, one battery, one update per env step, the observation of
   the current step only; 30,000 env steps per run; ``runs/table1`` → ``docs/results``.
@@ -88,7 +89,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--envs", default=",".join(ENVS))
     s.add_argument("--regimes", default=",".join(REGIMES))
     s.add_argument("--setup", choices=list(SETUPS), default="paper",
-                   help="table1 (and tableS1, figS1, which read its runs): 'paper' or 'batched' (see --help of the module)")
+                   help="table1 (and tableS1, figS1, transfer, which read its runs): 'paper' or 'batched' "
+                        "(see the module docstring)")
     s.add_argument("--total-steps", type=int, default=None,
                    help="environment steps per run (resume with the same value; default: the set-up's)")
     s.add_argument("--config", type=Path, default=None, help="SAC options file passed to every run")
