@@ -16,9 +16,6 @@ def check_network_and_replay(cfg: Any) -> None:
     check.integer("buffer_size", cfg.buffer_size, 1, 10**9)
     check.integer("batch_size", cfg.batch_size, 1, cfg.buffer_size)
     check.integer("learning_starts", cfg.learning_starts, 0, 10**9)
-    if isinstance(cfg.updates_per_step, (str, bytes)):
-        raise check.ValidationError("updates_per_step", f"expected a number, got {cfg.updates_per_step!r}",
-                                    "(0, 1000]")
     check.finite_float("updates_per_step", cfg.updates_per_step, 0.0, 1000.0, lo_open=True)
     if hasattr(cfg, "target_update"):
         check.integer("target_update", cfg.target_update, 1, 10**9)

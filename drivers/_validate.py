@@ -13,7 +13,7 @@ def finite_float(name: str, value: Any, lo: float = -math.inf, hi: float = math.
                  lo_open: bool = False) -> float:
     """Return ``value`` as float, checking it is finite and in [lo, hi] (or (lo, hi])."""
     rng = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
-    if isinstance(value, bool):
+    if isinstance(value, (bool, str, bytes)):
         raise ValidationError(name, f"expected a number, got {value!r}", rng)
     try:
         x = float(value)

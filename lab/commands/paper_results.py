@@ -283,7 +283,7 @@ def _table1_runs(work: Path, windows: dict[str, int]) -> dict[tuple[str, str], l
 
 def report_tableS1(args: argparse.Namespace) -> list[dict[str, Any]]:
     work, out = args.work_dir, args.out_dir
-    runs = _table1_runs(work, parse_windows(args.windows, args.regimes.split(",")))
+    runs = _table1_runs(work, parse_windows(args.windows))
     store = _store(work)
     rows, curves = [], {}
     for env in args.envs.split(","):
@@ -328,7 +328,7 @@ def report_tableS1(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def report_figS1(args: argparse.Namespace) -> list[dict[str, Any]]:
     work, out = args.work_dir, args.out_dir
-    runs = _table1_runs(work, parse_windows(args.windows, args.regimes.split(",")))
+    runs = _table1_runs(work, parse_windows(args.windows))
     store = _store(work)
     rows = []
     for env in args.envs.split(","):
@@ -531,15 +531,13 @@ def report_robust(args: argparse.Namespace) -> list[dict[str, Any]]:
 def report_transfer(args: argparse.Namespace) -> list[dict[str, Any]]:
     from qhil.agents.selection import load_policy, score_policy
     from qhil.drivers import create_backend
-    from qhil.envs import ChargingVectorEnv, DickeBattery
     from qhil.envs.dicke import ENVIRONMENTS
-    from qhil.envs.history import HistoryVectorEnv
     from qhil.envs.robust import heldout_realisations
 
-    from .train import TEST_SEED
+    from .train import TEST_SEED, checkpoint_path, evaluation_env
     work, out = args.work_dir, args.out_dir
     regimes = args.regimes.split(",")
-    windows = parse_windows(args.windows, regimes)
+    windows = parse_windows(args.windows)
     runs = _table1_runs(work, windows)
     backend = create_backend("statevector")          # one propagator cache for every policy
     batteries = {e: ENVIRONMENTS[e] for e in ENVS}
@@ -547,14 +545,12 @@ def report_transfer(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     per_run: list[dict[str, Any]] = []
     for regime in regimes:
-        envs = {}
-        for name, omegas in batteries.items():
-            e = ChargingVectorEnv(DickeBattery(omegas=omegas), regime=regime, backend=backend, weight=0.0)
-            envs[name] = HistoryVectorEnv(e, windows[regime]) if regime in windows else e
+        envs = {name: evaluation_env(omegas, regime, windows.get(regime), backend)
+                for name, omegas in batteries.items()}
         probe = envs["env1"]
         scored = []
         for run in runs.get(("env1", regime), []):
-            checkpoint = work / (run.replace("/", "_") + ".pt")
+            checkpoint = checkpoint_path(work, run)
             if not checkpoint.exists():
                 continue
             erg = score_policy(load_policy(checkpoint, probe.obs_dim, probe.action_low, probe.action_high), envs)

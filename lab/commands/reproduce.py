@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     envs, regimes = args.envs.split(","), args.regimes.split(",")
     work, out = args.work_dir or Path("runs/table1"), args.out_dir
     grape = args.grape_dir or out
-    windows = parse_windows(args.windows, regimes)
+    windows = parse_windows(args.windows)
     out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         jobs = [(_run_name(e, r, s), ["--env", e, "--regime", r, "--seed", str(s)]
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_windows(text: str, regimes: list[str]) -> dict[str, int]:
+def parse_windows(text: str) -> dict[str, int]:
     """``'energies=28,second_order=8'`` → {regime: window}; names and windows checked."""
     out: dict[str, int] = {}
     for item in filter(None, (t.strip() for t in text.split(","))):

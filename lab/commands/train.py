@@ -139,6 +139,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def checkpoint_path(run_dir: str | Path, run: str) -> Path:
+    """Where ``qhil train`` keeps the checkpoint of run ``run`` (e.g. ``env1/energies/seed0``)."""
+    return Path(run_dir) / (run.replace("/", "_") + ".pt")
+
+
+def evaluation_env(omegas: tuple[float, ...], regime: str, history: int | None, backend: Any) -> Any:
+    """One battery of TLS frequencies ``omegas`` (units ω_0) for deterministic evaluation:
+    pure ergotropy reward (w = 0), the regime's observation and, if given, its window."""
+    from qhil.envs import ChargingVectorEnv, DickeBattery
+    from qhil.envs.history import HistoryVectorEnv
+    e: Any = ChargingVectorEnv(DickeBattery(omegas=omegas), regime=regime, backend=backend, weight=0.0)
+    return HistoryVectorEnv(e, history) if history is not None else e
+
+
 def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = None,
               backend: str = "statevector", n_envs: int = 1, checkpoint_every: int = 200,
               target: float | None = None, progress: bool = True, history: int | None = None,
@@ -165,7 +179,7 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
     from qhil.agents.selection import CrossEnvSelector
     from qhil.agents.training import evaluate, train_off_policy
     from qhil.drivers import create_backend
-    from qhil.envs import ENVIRONMENTS, ChargingVectorEnv, DickeBattery, check_cutoff, make_charging_env
+    from qhil.envs import ENVIRONMENTS, DickeBattery, check_cutoff, make_charging_env
     from qhil.envs.history import HistoryVectorEnv
     from qhil.envs.robust import RandomisedChargingEnv, heldout_realisations
     from qhil.drivers import ValidationError
@@ -206,8 +220,7 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
     eval_backend = create_backend(backend) if isinstance(backend, str) else backend   # one prefix cache
 
     def fixed_env(omegas: tuple[float, ...]) -> Any:
-        e: Any = ChargingVectorEnv(DickeBattery(omegas=omegas), regime=regime, backend=eval_backend, weight=0.0)
-        return HistoryVectorEnv(e, history) if history is not None else e
+        return evaluation_env(omegas, regime, history, eval_backend)
 
     select_envs = {name: fixed_env(ENVIRONMENTS[name]) for name in (eval_envs or [])}
     select_envs |= {f"val{i}": fixed_env(w) for i, w in enumerate(heldout_realisations(eval_random, VALIDATION_SEED))}
@@ -218,7 +231,7 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
                                     path=run_dir / (run.replace("/", "_") + "_select.pt"), then=stop)
         stop = selector
     state = train_off_policy(agent, venv, store=store, run=run, config=config,
-                             checkpoint=run_dir / (run.replace("/", "_") + ".pt"),
+                             checkpoint=checkpoint_path(run_dir, run),
                              checkpoint_every=checkpoint_every, progress=progress, stop=stop)
     final_env = fixed_env(ENVIRONMENTS[env])
     ev = evaluate(agent, final_env, state)
