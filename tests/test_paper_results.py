@@ -92,7 +92,6 @@ class _State:
 
 
 def test_table1_windows_are_parsed_per_regime_and_checked():
-    regimes = ["full_state", "energies", "first_order", "second_order"]
     assert parse_windows("energies=28, second_order=8") == {"energies": 28, "second_order": 8}
     assert parse_windows("") == {}
     for bad, word in [("full_state=4", "regime"), ("energy=4", "regime"), ("energies=0", r"\[1, 28\]"),
