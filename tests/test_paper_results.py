@@ -17,7 +17,7 @@ from qhil.envs.history import HistoryVectorEnv
 from qhil.envs.robust import RandomisedChargingEnv, heldout_realisations
 from qhil.lab.cli import build_parser, main
 from qhil.lab.commands.paper_results import gap_closed, mean_ci, t_reach
-from qhil.lab.commands.reproduce import apply_setup, parse_windows, t_half_width
+from qhil.lab.commands.reproduce import Window, apply_setup, parse_windows, t_half_width
 from qhil.lab.commands.train import fixed_weight_schedule
 
 
@@ -92,9 +92,16 @@ class _State:
 
 
 def test_table1_windows_are_parsed_per_regime_and_checked():
-    assert parse_windows("energies=28, second_order=8") == {"energies": 28, "second_order": 8}
+    assert parse_windows("energies=28, second_order=actions:8") == {"energies": Window(28, "observations"),
+                                                                     "second_order": Window(8, "actions")}
+    assert parse_windows("first_order=observations:3") == {"first_order": Window(3)}
+    assert Window(8, "actions").train_flags() == ["--history", "8", "--history-of", "actions"]
+    assert Window(8).train_flags() == ["--history", "8"]
+    assert Window(8, "actions").matches({"history": 8, "history_of": "actions"})
+    assert not Window(8, "actions").matches({"history": 8}) and Window(8).matches({"history": 8})
     assert parse_windows("") == {}
     for bad, word in [("full_state=4", "regime"), ("energy=4", "regime"), ("energies=0", r"\[1, 28\]"),
+                      ("energies=states:4", "observations or actions"), ("energies=actions:", r"\[1, 28\]"),
                       ("energies=29", r"\[1, 28\]"), ("energies=x", r"\[1, 28\]"), ("energies", r"\[1, 28\]"),
                       ("energies=\u00b2", r"\[1, 28\]")]:
         with pytest.raises(SystemExit, match=word):
@@ -107,7 +114,7 @@ def test_setup_presets_fill_only_the_options_left_unset():
     apply_setup(args)
     assert args.total_steps == 100                                   # given: kept
     assert args.work_dir == Path("runs/table1_batched") and "--n-envs 8" in args.train_args
-    assert parse_windows(args.windows)["second_order"] == 28
+    assert parse_windows(args.windows)["second_order"] == Window(28, "actions")
     paper = build_parser().parse_args(["reproduce", "tableS1"])
     apply_setup(paper)
     assert (paper.total_steps, paper.train_args, paper.out_dir) == (30_000, "", Path("docs/results"))
@@ -268,6 +275,28 @@ def test_history_window_holds_past_observations_and_zero_pads():
         HistoryVectorEnv(base, window=0)
 
 
+def test_action_window_holds_the_played_protocol_beside_the_current_observation():
+    base = ChargingVectorEnv(regime="second_order", n_steps=5, tau=1.0, n_envs=2)
+    plain = ChargingVectorEnv(regime="second_order", n_steps=5, tau=1.0, n_envs=2)
+    env = HistoryVectorEnv(base, window=3, of="actions")
+    d = plain.obs_dim
+    assert env.obs_dim == d + 3
+    obs, _ = env.reset()
+    assert np.allclose(obs[:, :d], plain.reset()[0]) and np.all(obs[:, d:] == 0)
+    played = []
+    for k, a in enumerate([[0.3, -0.3], [-0.15, 0.0], [0.075, 0.3], [0.0, -0.15], [0.3, 0.3]]):
+        obs, *_ = env.step(a)
+        assert np.allclose(obs[:, :d], plain.step(a)[0]), k            # the observation is unchanged
+        played.append(np.asarray(a) / 0.3)                            # λ / λ_max: normalised to [−1, 1]
+        expect = np.stack(([np.zeros(2)] * 3 + played)[-3:], axis=1)  # oldest first, newest last
+        assert np.allclose(obs[:, d:], expect), k
+        assert np.all(obs >= env.obs_low) and np.all(obs <= env.obs_high)
+    obs, _ = env.reset()
+    assert np.all(obs[:, d:] == 0)                                    # a new episode: no actions yet
+    with pytest.raises(ValidationError, match="of"):
+        HistoryVectorEnv(base, window=3, of="states")
+
+
 def test_gap_closed():
     assert gap_closed(3.6, 3.85, 4.1) == pytest.approx(0.5)
     assert gap_closed(3.6, 3.5, 4.1) < 0
@@ -297,10 +326,13 @@ def test_table2_report_from_summaries(tmp_path, capsys):
 def test_tableS1_report_from_the_run_store(tmp_path, capsys):
     work, out = tmp_path / "w", tmp_path / "o"
     store = RunStore(work / "runs.sqlite")
-    # seeds 0, 1: plain (paper set-up), T_0.9 = 3 and 2; seed 2: a window of 28 (batched), T_0.9 = 2
-    for seed, erg in enumerate([[1.0, 2.0, 9.5, 10.0], [5.0, 9.0, 9.0, 9.0], [1.0, 9.5, 10.0, 10.0]]):
+    # seeds 0, 1: plain (paper set-up), T_0.9 = 3 and 2; seed 2: a window of 28 (batched), T_0.9 = 2;
+    # seed 3: a window of 28 actions, T_0.9 = 1
+    windows = [{}, {}, {"history": 28}, {"history": 28, "history_of": "actions"}]
+    for seed, erg in enumerate([[1.0, 2.0, 9.5, 10.0], [5.0, 9.0, 9.0, 9.0], [1.0, 9.5, 10.0, 10.0],
+                                [9.5, 9.5, 10.0, 10.0]]):
         run = f"env1/energies/seed{seed}"
-        store.start_run(run, {"env": "env1", "regime": "energies"} | ({"history": 28} if seed == 2 else {}))
+        store.start_run(run, {"env": "env1", "regime": "energies"} | windows[seed])
         best = np.maximum.accumulate(erg)
         store.log_episodes(run, [{"episode": i, "step": 28 * (i + 1), "ret": e, "energy": e, "ergotropy": e,
                                   "best": b, "weight": 0.0} for i, (e, b) in enumerate(zip(erg, best))])
@@ -314,6 +346,9 @@ def test_tableS1_report_from_the_run_store(tmp_path, capsys):
     assert main(["reproduce", "tableS1", "--setup", "batched", "--envs", "env1", "--regimes", "energies",
                  "--work-dir", str(work), "--out-dir", str(out)]) == 0
     assert (out / "tableS1.csv").read_text().splitlines()[1].split(",")[5] == "2"
+    assert main(["reproduce", "tableS1", "--windows", "energies=actions:28", "--envs", "env1",
+                 "--regimes", "energies", "--work-dir", str(work), "--out-dir", str(out)]) == 0
+    assert (out / "tableS1.csv").read_text().splitlines()[1].split(",")[5] == "1"
 
 
 @pytest.mark.slow
@@ -332,6 +367,7 @@ def test_reproduce_robust_end_to_end(tmp_path):
 @pytest.mark.parametrize("flags, param", [(["--weight", "1.5"], "weight"), (["--eval-envs", "env9"], "eval_envs"),
                                           (["--eval-every", "0", "--eval-envs", "env1"], "eval_every"),
                                           (["--history", "0"], "window"),
+                                          (["--history-of", "actions"], "history_of"),
                                           (["--omega-range", "1.5,0.5"], "omega_range")])
 def test_train_rejects_bad_options_with_exit_2(tmp_path, capsys, flags, param):
     assert main(["train", "--total-steps", "10", "--run-dir", str(tmp_path), "--no-progress", *flags]) == 2

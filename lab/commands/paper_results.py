@@ -42,7 +42,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import pyplot
-from .reproduce import ENVS, PAPER, _ema, _summary_path, parse_windows, run_jobs, t_half_width
+from .reproduce import ENVS, PAPER, Window, _ema, _summary_path, parse_windows, run_jobs, t_half_width
 
 #: Seed 000, Table 2 (trained on Env1, checkpoint by mean over Env1–3): (mean, CI half-width).
 PAPER_TABLE2 = {
@@ -265,9 +265,9 @@ def _print_and_plot_table2(rows: list[dict[str, Any]], regimes: list[str], title
 
 
 # -- Table S1 and Fig. S1 (from the Table 1 runs) -------------------------------------------
-def _table1_runs(work: Path, windows: dict[str, int]) -> dict[tuple[str, str], list[str]]:
+def _table1_runs(work: Path, windows: dict[str, Window]) -> dict[tuple[str, str], list[str]]:
     """(env, regime) → names of the finished Table 1 runs: no weight, randomisation or
-    selection, and the set-up's observation window for the regime (``windows``)."""
+    selection, and the set-up's window for the regime (``windows``)."""
     store = _store(work)
     if store is None:
         return {}
@@ -275,7 +275,9 @@ def _table1_runs(work: Path, windows: dict[str, int]) -> dict[tuple[str, str], l
     for name, v in sorted(store.runs().items()):
         c = v["config"]
         other = {"weight", "omega_range", "omega_spread", "eval_envs", "eval_random"} & set(c)
-        if v["status"] == "done" and not other and c.get("history") == windows.get(c.get("regime")):
+        w = windows.get(c.get("regime"))
+        same_window = w.matches(c) if w else c.get("history") is None
+        if v["status"] == "done" and not other and same_window:
             out.setdefault((c.get("env"), c.get("regime")), []).append(name)
     store.close()
     return out
@@ -545,7 +547,9 @@ def report_transfer(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     per_run: list[dict[str, Any]] = []
     for regime in regimes:
-        envs = {name: evaluation_env(omegas, regime, windows.get(regime), backend)
+        w = windows.get(regime)
+        envs = {name: evaluation_env(omegas, regime, w.size if w else None, backend,
+                                     w.of if w else "observations")
                 for name, omegas in batteries.items()}
         probe = envs["env1"]
         scored = []
@@ -560,7 +564,8 @@ def report_transfer(args: argparse.Namespace) -> list[dict[str, Any]]:
                            "heldout_min": float(np.min(held)) if held else float("nan")})
         per_run += scored
         for env in ENVS + ["heldout_mean", "heldout_min"]:
-            rows.append(_table2_row(regime, env, [r[env] for r in scored], window=windows.get(regime, 1)))
+            rows.append(_table2_row(regime, env, [r[env] for r in scored], window=w.size if w else 1,
+                                    window_of=w.of if w else "observations"))
     _write_csv(out / "transfer.csv", rows)
     _write_csv(out / "transfer_seeds.csv", per_run)
     title = (f"final policies of the Table 1 Env1 runs ({work}), deterministic, no selection; "

@@ -27,9 +27,10 @@ Two set-ups (``--setup``; flags given explicitly override the set-up's values, a
   the current step only; 30,000 env steps per run; ``runs/table1`` → ``docs/results``.
 * ``batched`` (ours): 8 batteries stepped together with one update per 8 env steps (8× the
   explored episodes for the same updates), bf16 updates, 4,000 warm-up steps, 56,000 env
-  steps (6,501 updates) per run, and for the partially observed regimes a window of the
-  last 28 observations (the whole episode so far, zero-padded); ``runs/table1_batched`` →
-  ``docs/results/table1_batched``.
+  steps (6,501 updates) per run, and memory for the partially observed regimes: E_j and
+  first order see the last 28 observations (the whole episode so far, zero-padded), second
+  order sees its current observation and the last 28 actions (96 inputs instead of 1,904);
+  ``runs/table1_batched`` → ``docs/results/table1_batched``.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -66,7 +67,7 @@ PAPER = {
 SETUPS: dict[str, dict[str, Any]] = {
     "paper": {"total_steps": 30_000, "windows": "", "train_args": "", "work_dir": None,
               "out_dir": Path("docs/results"), "grape_dir": None},
-    "batched": {"total_steps": 56_000, "windows": "energies=28,first_order=28,second_order=28",
+    "batched": {"total_steps": 56_000, "windows": "energies=28,first_order=28,second_order=actions:28",
                 "train_args": "--n-envs 8 --updates-per-step 0.125 --learning-starts 4000 --precision bf16",
                 "work_dir": Path("runs/table1_batched"), "out_dir": Path("docs/results/table1_batched"),
                 "grape_dir": Path("docs/results")},
@@ -95,8 +96,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="environment steps per run (resume with the same value; default: the set-up's)")
     s.add_argument("--config", type=Path, default=None, help="SAC options file passed to every run")
     s.add_argument("--windows", default=None,
-                   help="table1: observation window per regime (memory), e.g. "
-                        "'energies=28,first_order=28,second_order=8'; regimes not named see one step")
+                   help="table1: window per regime (memory), e.g. 'energies=28,second_order=actions:28': "
+                        "K = the last K observations, actions:K = the current observation and the last K "
+                        "actions; regimes not named see one step")
     s.add_argument("--train-args", default=None,
                    help="extra flags for every `qhil train`, e.g. '--hidden 256,256' (after the set-up's)")
     s.add_argument("--work-dir", type=Path, default=None,
@@ -146,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         jobs = [(_run_name(e, r, s), ["--env", e, "--regime", r, "--seed", str(s)]
-                 + (["--history", str(windows[r])] if r in windows else []))
+                 + (windows[r].train_flags() if r in windows else []))
                 for s in range(args.seeds) for e in envs for r in regimes]
         run_jobs(jobs, args, work)
         for env in envs:                 # ceilings last: training is the long part
@@ -158,16 +160,34 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_windows(text: str) -> dict[str, int]:
-    """``'energies=28,second_order=8'`` → {regime: window}; names and windows checked."""
-    out: dict[str, int] = {}
+class Window(NamedTuple):
+    """A regime's memory (:class:`~qhil.envs.history.HistoryVectorEnv`): the last ``size``
+    observations, or (``of="actions"``) the current observation and the last ``size`` actions."""
+    size: int
+    of: str = "observations"
+
+    def train_flags(self) -> list[str]:
+        """The ``qhil train`` flags (the observation kind is the default, so not spelled out)."""
+        return ["--history", str(self.size)] + (["--history-of", self.of] if self.of != "observations" else [])
+
+    def matches(self, config: dict[str, Any]) -> bool:
+        """Whether a run's recorded config has this window."""
+        return config.get("history") == self.size and config.get("history_of", "observations") == self.of
+
+
+def parse_windows(text: str) -> dict[str, Window]:
+    """``'energies=28,second_order=actions:28'`` → {regime: Window}; names, kinds and sizes checked."""
+    out: dict[str, Window] = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
-        name, _, k = item.partition("=")
+        name, _, spec = item.partition("=")
         if name not in REGIMES or name == "full_state":
             raise SystemExit(f"--windows: regime {name!r} must be one of energies, first_order, second_order")
+        of, _, k = spec.rpartition(":")
+        if of not in ("", "observations", "actions"):
+            raise SystemExit(f"--windows: window of {name} holds observations or actions, got {of!r}")
         if not (k.isascii() and k.isdecimal()) or not 1 <= int(k) <= 28:
             raise SystemExit(f"--windows: window of {name} must be an integer in [1, 28], got {k!r}")
-        out[name] = int(k)
+        out[name] = Window(int(k), of or "observations")
     return out
 
 

@@ -14,6 +14,7 @@ Beyond Table 1 (issue 7):
     qhil train --eval-envs env1,env2,env3 --eval-every 20     # Table 2: select by mean over envs
     qhil train --weight 0.5                                   # fixed w of Eq. (11) (Fig. S2)
     qhil train --regime energies --history 4                  # last 4 observations (Sec. V (i))
+    qhil train --history 28 --history-of actions              # current observation + last 28 actions
     qhil train --omega-range 0.5,1.5 --eval-random 8 --test-random 32   # domain randomisation
 
 With ``--eval-envs``/``--eval-random`` the deterministic policy is evaluated every
@@ -53,6 +54,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--weight", type=float, default=None,
                    help="fixed reward weight w in [0, 1] of Eq. (11) instead of the schedule of Eq. (12)")
     s.add_argument("--history", type=int, default=None, help="observation window: the last K observations")
+    s.add_argument("--history-of", choices=["observations", "actions"], default="observations",
+                   help="what the --history window holds: past observations, or the current observation "
+                        "plus the last K actions")
     s.add_argument("--omega-range", type=_pair, default=None,
                    help="domain randomisation: ω_j ~ U[lo, hi] every episode, e.g. 0.5,1.5")
     s.add_argument("--omega-spread", type=float, default=None,
@@ -116,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     summary = train_run(env=args.env, regime=args.regime, cfg=sac_config(args), run_dir=args.run_dir,
                         run=args.run, backend=args.backend, n_envs=args.n_envs,
                         checkpoint_every=args.checkpoint_every, target=args.target,
-                        progress=not args.no_progress, history=args.history,
+                        progress=not args.no_progress, history=args.history, history_of=args.history_of,
                         omega_range=args.omega_range, omega_spread=args.omega_spread,
                         omega_seed=args.omega_seed, weight=args.weight,
                         eval_envs=[e for e in args.eval_envs.split(",") if e],
@@ -144,18 +148,20 @@ def checkpoint_path(run_dir: str | Path, run: str) -> Path:
     return Path(run_dir) / (run.replace("/", "_") + ".pt")
 
 
-def evaluation_env(omegas: tuple[float, ...], regime: str, history: int | None, backend: Any) -> Any:
+def evaluation_env(omegas: tuple[float, ...], regime: str, history: int | None, backend: Any,
+                   history_of: str = "observations") -> Any:
     """One battery of TLS frequencies ``omegas`` (units ω_0) for deterministic evaluation:
     pure ergotropy reward (w = 0), the regime's observation and, if given, its window."""
     from qhil.envs import ChargingVectorEnv, DickeBattery
     from qhil.envs.history import HistoryVectorEnv
     e: Any = ChargingVectorEnv(DickeBattery(omegas=omegas), regime=regime, backend=backend, weight=0.0)
-    return HistoryVectorEnv(e, history) if history is not None else e
+    return HistoryVectorEnv(e, history, of=history_of) if history is not None else e
 
 
 def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = None,
               backend: str = "statevector", n_envs: int = 1, checkpoint_every: int = 200,
               target: float | None = None, progress: bool = True, history: int | None = None,
+              history_of: str = "observations",
               omega_range: tuple[float, float] | None = None, omega_spread: float | None = None,
               omega_seed: int | None = None, weight: float | None = None,
               eval_envs: list[str] | None = None, eval_random: int = 0, eval_every: int = 20,
@@ -163,6 +169,7 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
     """Train (resuming if a checkpoint exists), evaluate, record; return the summary.
 
     history:      observation window (:class:`~qhil.envs.history.HistoryVectorEnv`), None = off
+    history_of:   what the window holds, "observations" or "actions" (recorded only if "actions")
     omega_range / omega_spread / omega_seed: domain randomisation
                   (:class:`~qhil.envs.robust.RandomisedChargingEnv`); seed default ``cfg.seed``
     weight:       fixed w of Eq. (11) (recorded in the config; ``cfg`` must already hold the
@@ -191,6 +198,8 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
     for name, n in (("eval_random", eval_random), ("test_random", test_random)):
         if not (isinstance(n, int) and 0 <= n <= 10_000):
             raise ValidationError(name, f"{n!r}", "an integer in [0, 10000] (realisations)")
+    if history_of != "observations" and history is None:
+        raise ValidationError("history_of", f"{history_of!r} without a window", "observations, or give history too")
     if not (isinstance(eval_every, int) and eval_every >= 1):
         raise ValidationError("eval_every", f"{eval_every!r}", "an integer ≥ 1 (episodes)")
     cfg = cfg.scaled()
@@ -206,12 +215,13 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
         venv = make_charging_env(env, regime, n_envs=n_envs, backend=backend,
                                  w_mean=cfg.w_mean, w_width=cfg.w_width)
     if history is not None:
-        venv = HistoryVectorEnv(venv, history)
+        venv = HistoryVectorEnv(venv, history, of=history_of)
     agent = SAC(venv.obs_dim, venv.action_low, venv.action_high, cfg)
     store = RunStore(run_dir / "runs.sqlite")
     config: dict[str, Any] = {"env": env, "regime": regime, "backend": backend, "n_envs": n_envs,
                               "sac": cfg.to_dict()}
-    extra = {"history": history, "omega_range": list(omega_range) if omega_range else None,
+    extra = {"history": history, "history_of": history_of if history_of != "observations" else None,
+             "omega_range": list(omega_range) if omega_range else None,
              "omega_spread": omega_spread, "omega_seed": omega_seed if randomised and omega_seed is not None
              else (cfg.seed if randomised else None), "weight": weight,
              "eval_envs": eval_envs or None, "eval_random": eval_random or None}
@@ -220,7 +230,7 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
     eval_backend = create_backend(backend) if isinstance(backend, str) else backend   # one prefix cache
 
     def fixed_env(omegas: tuple[float, ...]) -> Any:
-        return evaluation_env(omegas, regime, history, eval_backend)
+        return evaluation_env(omegas, regime, history, eval_backend, history_of)
 
     select_envs = {name: fixed_env(ENVIRONMENTS[name]) for name in (eval_envs or [])}
     select_envs |= {f"val{i}": fixed_env(w) for i, w in enumerate(heldout_realisations(eval_random, VALIDATION_SEED))}
