@@ -5,7 +5,8 @@ full-state value 4.0445, and throughput against stable-baselines3's SAC on the s
     .venv/bin/python benchmarks/bench_sac.py --max-steps 1200 --learning-starts 200 --sb3-steps 1200
                                                                   # throughput only, quick
     .venv/bin/python benchmarks/bench_sac.py --precision bf16 --n-envs 8 --updates-per-step 0.125 \
-        --history 28 --max-steps 56000 --learning-starts 4000 --sb3-steps 0   # batched Table 1 set-up
+        --history 28 --history-of actions --max-steps 56000 --learning-starts 4000 --sb3-steps 0
+                                                                  # batched Table 1 set-up (second order)
 
 Prints what it measured: wall time to the target (or that it was not reached within
 --max-steps), env-steps/s and updates/s of qhil's SAC, the same for stable-baselines3 SAC
@@ -25,7 +26,7 @@ TARGET = 4.0445           # seed 000, Table 1, Env1 full state
 
 def ours(max_steps: int, seed: int, hidden: tuple[int, ...], target: float | None,
          learning_starts: int = 5_000, precision: str = "fp32", n_envs: int = 1,
-         updates_per_step: float = 1.0, history: int | None = None) -> dict:
+         updates_per_step: float = 1.0, history: int | None = None, history_of: str = "observations") -> dict:
     from qhil.agents.runstore import RunStore
     from qhil.agents.sac import SAC, SACConfig
     from qhil.agents.training import train_off_policy
@@ -35,7 +36,7 @@ def ours(max_steps: int, seed: int, hidden: tuple[int, ...], target: float | Non
                     precision=precision, updates_per_step=updates_per_step).scaled()
     env = make_charging_env("env1", "second_order", n_envs=n_envs, w_mean=cfg.w_mean, w_width=cfg.w_width)
     if history is not None:
-        env = HistoryVectorEnv(env, history)
+        env = HistoryVectorEnv(env, history, of=history_of)
     agent = SAC(env.obs_dim, env.action_low, env.action_high, cfg)
     hit: dict = {}
 
@@ -84,16 +85,22 @@ def main() -> int:
                    help="SAC update precision; 'both' runs ours twice (fp32, then bf16)")
     p.add_argument("--n-envs", type=int, default=1, help="batteries stepped together (ours)")
     p.add_argument("--updates-per-step", type=float, default=1.0, help="SAC updates per env step (ours)")
-    p.add_argument("--history", type=int, default=None, help="observation window (ours)")
+    p.add_argument("--history", type=int, default=None,
+                   help="window K (ours): the last K observations, or actions with --history-of actions")
+    p.add_argument("--history-of", default="observations", choices=["observations", "actions"],
+                   help="what the window holds: past observations, or the current one + past actions")
     a = p.parse_args()
+    if a.history_of != "observations" and a.history is None:
+        p.error("--history-of actions needs --history K (the window size)")
     hidden = tuple(int(h) for h in a.hidden.split(","))
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; torch threads "
           f"QHIL_TORCH_THREADS={os.environ.get('QHIL_TORCH_THREADS', '1 (default)')}; network {hidden}; "
-          f"{a.n_envs} env(s), {a.updates_per_step:g} updates/env step, window {a.history or 1}")
+          f"{a.n_envs} env(s), {a.updates_per_step:g} updates/env step, window {a.history or 1}"
+          + (f" ({a.history_of})" if a.history else ""))
     rates = []
     for precision in (["fp32", "bf16"] if a.precision == "both" else [a.precision]):
         r = ours(a.max_steps, a.seed, hidden, TARGET, a.learning_starts, precision, a.n_envs,
-                 a.updates_per_step, a.history)
+                 a.updates_per_step, a.history, a.history_of)
         sps, ups = r["steps"] / r["wall"], r["updates"] / max(r["wall"], 1e-9)
         if r["hit"]:
             print(f"qhil SAC {precision}, Env1 second_order: best explored ergotropy reached {TARGET} after "

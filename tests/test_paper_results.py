@@ -1,5 +1,6 @@
 """Issue 7: Table 2 / Table S1 / Figs. S1–S2 of seed 000 and its Sec. V extensions
 (observation history, domain randomisation)."""
+import csv
 import json
 import math
 
@@ -101,7 +102,7 @@ def test_table1_windows_are_parsed_per_regime_and_checked():
     assert not Window(8, "actions").matches({"history": 8}) and Window(8).matches({"history": 8})
     assert parse_windows("") == {}
     for bad, word in [("full_state=4", "regime"), ("energy=4", "regime"), ("energies=0", r"\[1, 28\]"),
-                      ("energies=states:4", "observations or actions"), ("energies=actions:", r"\[1, 28\]"),
+                      ("energies=states:4", "observations or actions"), ("energies=:4", "observations or actions"), ("energies=actions:", r"\[1, 28\]"),
                       ("energies=29", r"\[1, 28\]"), ("energies=x", r"\[1, 28\]"), ("energies", r"\[1, 28\]"),
                       ("energies=\u00b2", r"\[1, 28\]")]:
         with pytest.raises(SystemExit, match=word):
@@ -293,8 +294,16 @@ def test_action_window_holds_the_played_protocol_beside_the_current_observation(
         assert np.all(obs >= env.obs_low) and np.all(obs <= env.obs_high)
     obs, _ = env.reset()
     assert np.all(obs[:, d:] == 0)                                    # a new episode: no actions yet
-    with pytest.raises(ValidationError, match="of"):
+    with pytest.raises(ValidationError, match="^of:"):
         HistoryVectorEnv(base, window=3, of="states")
+    lopsided = HistoryVectorEnv(ChargingVectorEnv(regime="energies", n_steps=3, tau=0.6,
+                                                  action_low=-0.1, action_high=0.25), window=2, of="actions")
+    lopsided.reset()
+    obs, *_ = lopsided.step([0.25])
+    obs, *_ = lopsided.step([-0.1])
+    assert np.allclose(obs[0, -2:], [1.0, -1.0])                    # the bounds map to ±1, not λ / λ_max
+    obs, *_ = lopsided.step([0.075])
+    assert np.allclose(obs[0, -2:], [-1.0, 0.0])                    # the midpoint maps to 0
 
 
 def test_gap_closed():
@@ -364,6 +373,42 @@ def test_reproduce_robust_end_to_end(tmp_path):
     assert (out / "robust.csv").exists()
 
 
+def test_table1_counts_and_resumes_only_runs_with_the_set_ups_memory(tmp_path):
+    """A work dir from before a set-up changed its windows: the old runs are neither reported
+    as the new set-up's nor resumed with the wrong inputs."""
+    work, out = tmp_path / "w", tmp_path / "o"
+    store = RunStore(work / "runs.sqlite")
+    store.start_run("env1/second_order/seed0", {"env": "env1", "regime": "second_order", "history": 28})
+    store.close()
+    summary = {"best_explored": {"ergotropy": 3.9}, "deterministic": {"ergotropy": 3.8},
+               "config": {"env": "env1", "regime": "second_order", "history": 28}}
+    (work / "summaries").mkdir()
+    (work / "summaries" / "env1_second_order_seed0.json").write_text(json.dumps(summary))
+    batched = ["reproduce", "table1", "--setup", "batched", "--envs", "env1", "--regimes", "second_order",
+               "--seeds", "1", "--work-dir", str(work), "--out-dir", str(out), "--grape-dir", str(tmp_path)]
+    with pytest.raises(SystemExit, match="another --windows memory.*env1/second_order/seed0"):
+        main(batched)
+    assert main(batched + ["--report-only"]) == 0
+    [row] = csv.DictReader(open(out / "table1.csv"))
+    assert row["n_seeds"] == "0"                                    # observation window: not this set-up's
+    assert main(batched + ["--report-only", "--windows", "second_order=28"]) == 0
+    [row] = csv.DictReader(open(out / "table1.csv"))
+    assert row["n_seeds"] == "1" and float(row["mean"]) == pytest.approx(3.9)
+
+
+def test_a_resumed_run_must_keep_its_memory(tmp_path, capsys):
+    """Energies with 2 observations and with 6 actions both give 12 inputs: the checkpoint would
+    load, so the recorded window is what refuses the switch."""
+    flags = ["train", "--regime", "energies", "--total-steps", "56", "--learning-starts", "28", "--hidden", "8,8",
+             "--batch-size", "8", "--run-dir", str(tmp_path), "--no-progress", "--run", "r"]
+    assert main(flags + ["--history", "2"]) == 0
+    capsys.readouterr()
+    assert main(flags + ["--history", "6", "--history-of", "actions"]) == 2
+    err = capsys.readouterr().err
+    assert "history" in err and "history_of" in err and "'actions'" in err
+    assert main(flags + ["--history", "2"]) == 0                    # the same memory resumes
+
+
 @pytest.mark.parametrize("flags, param", [(["--weight", "1.5"], "weight"), (["--eval-envs", "env9"], "eval_envs"),
                                           (["--eval-every", "0", "--eval-envs", "env1"], "eval_every"),
                                           (["--history", "0"], "window"),
@@ -393,24 +438,23 @@ def test_randomised_draws_follow_the_round_so_a_resumed_run_continues_them():
 def test_transfer_scores_the_final_table1_policies_on_other_batteries(tmp_path):
     """`reproduce transfer`: the final Env1 policy, deterministic, on Env1–3 and held-out draws,
     equals an independent replay of the checkpoint; a wrong window is refused by name."""
-    import csv
-
     from qhil.agents.selection import load_policy
     from qhil.agents.training import deterministic_episode
     from qhil.envs import make_charging_env
     work, out = tmp_path / "w", tmp_path / "o"
-    assert main(["train", "--env", "env1", "--regime", "energies", "--history", "3", "--total-steps", "84",
-                 "--learning-starts", "28", "--hidden", "8,8", "--batch-size", "8", "--run-dir", str(work),
-                 "--no-progress"]) == 0
-    assert main(["reproduce", "transfer", "--regimes", "energies", "--windows", "energies=3", "--test-random", "2",
-                 "--work-dir", str(work), "--out-dir", str(out)]) == 0
+    assert main(["train", "--env", "env1", "--regime", "energies", "--history", "3", "--history-of", "actions",
+                 "--total-steps", "84", "--learning-starts", "28", "--hidden", "8,8", "--batch-size", "8",
+                 "--run-dir", str(work), "--no-progress"]) == 0
+    assert main(["reproduce", "transfer", "--regimes", "energies", "--windows", "energies=actions:3",
+                 "--test-random", "2", "--work-dir", str(work), "--out-dir", str(out)]) == 0
     [run] = list(csv.DictReader(open(out / "transfer_seeds.csv")))
     assert run["run"] == "env1/energies/seed0"
-    env2 = HistoryVectorEnv(make_charging_env("env2", "energies", weight=0.0), 3)
+    env2 = HistoryVectorEnv(make_charging_env("env2", "energies", weight=0.0), 3, of="actions")
     agent = load_policy(work / "env1_energies_seed0.pt", env2.obs_dim, env2.action_low, env2.action_high)
     assert float(run["env2"]) == pytest.approx(deterministic_episode(agent, env2)["ergotropy"], abs=1e-6)
     rows = {r["env"]: r for r in csv.DictReader(open(out / "transfer.csv"))}
     assert set(rows) == {"env1", "env2", "env3", "heldout_mean", "heldout_min"}
+    assert rows["env2"]["window"] == "3" and rows["env2"]["window_of"] == "actions"
     assert int(rows["env3"]["n_seeds"]) == 1 and float(rows["heldout_min"]["mean"]) <= float(rows["heldout_mean"]["mean"])
     plain = make_charging_env("env1", "energies")
     with pytest.raises(ValueError, match="obs_dim"):

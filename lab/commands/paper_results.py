@@ -42,7 +42,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import pyplot
-from .reproduce import ENVS, PAPER, Window, _ema, _summary_path, parse_windows, run_jobs, t_half_width
+from .reproduce import (ENVS, PAPER, Window, _ema, _summary_path, parse_windows, run_jobs, same_memory,
+                        t_half_width)
 
 #: Seed 000, Table 2 (trained on Env1, checkpoint by mean over Env1–3): (mean, CI half-width).
 PAPER_TABLE2 = {
@@ -275,9 +276,7 @@ def _table1_runs(work: Path, windows: dict[str, Window]) -> dict[tuple[str, str]
     for name, v in sorted(store.runs().items()):
         c = v["config"]
         other = {"weight", "omega_range", "omega_spread", "eval_envs", "eval_random"} & set(c)
-        w = windows.get(c.get("regime"))
-        same_window = w.matches(c) if w else c.get("history") is None
-        if v["status"] == "done" and not other and same_window:
+        if v["status"] == "done" and not other and same_memory(c, windows):
             out.setdefault((c.get("env"), c.get("regime")), []).append(name)
     store.close()
     return out

@@ -97,8 +97,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--config", type=Path, default=None, help="SAC options file passed to every run")
     s.add_argument("--windows", default=None,
                    help="table1: window per regime (memory), e.g. 'energies=28,second_order=actions:28': "
-                        "K = the last K observations, actions:K = the current observation and the last K "
-                        "actions; regimes not named see one step")
+                        "K (or observations:K) = the last K observations, actions:K = the current "
+                        "observation and the last K actions; regimes not named see one step")
     s.add_argument("--train-args", default=None,
                    help="extra flags for every `qhil train`, e.g. '--hidden 256,256' (after the set-up's)")
     s.add_argument("--work-dir", type=Path, default=None,
@@ -150,13 +150,14 @@ def run(args: argparse.Namespace) -> int:
         jobs = [(_run_name(e, r, s), ["--env", e, "--regime", r, "--seed", str(s)]
                  + (windows[r].train_flags() if r in windows else []))
                 for s in range(args.seeds) for e in envs for r in regimes]
+        _refuse_other_memory(work, [name for name, _ in jobs], windows)
         run_jobs(jobs, args, work)
         for env in envs:                 # ceilings last: training is the long part
             _ensure_grape(env, grape)
-    rows = write_table(envs, regimes, work, out, args.seeds, grape)
+    rows = write_table(envs, regimes, work, out, args.seeds, grape, windows)
     print_table(rows)
     print_unfinished(work)
-    write_figures(envs, regimes, work, out, args.seeds, grape)
+    write_figures(envs, regimes, work, out, grape, windows)
     return 0
 
 
@@ -175,6 +176,28 @@ class Window(NamedTuple):
         return config.get("history") == self.size and config.get("history_of", "observations") == self.of
 
 
+def same_memory(config: dict[str, Any], windows: dict[str, "Window"]) -> bool:
+    """Whether a run's recorded config has the set-up's window for its regime (none if unnamed)."""
+    w = windows.get(config.get("regime"))
+    return w.matches(config) if w else config.get("history") is None
+
+
+def _refuse_other_memory(work: Path, names: list[str], windows: dict[str, Window]) -> None:
+    """Stop before any training if runs of these names were recorded with another window:
+    they would be skipped as finished or resumed with the wrong inputs."""
+    db = work / "runs.sqlite"
+    if not db.exists():
+        return
+    from qhil.agents.runstore import RunStore
+    store = RunStore(db)
+    recorded = store.runs()
+    store.close()
+    other = [n for n in names if n in recorded and not same_memory(recorded[n]["config"], windows)]
+    if other:
+        raise SystemExit(f"{work} holds {len(other)} run(s) recorded with another --windows memory than this "
+                         f"set-up's (e.g. {other[0]}): give these runs another --work-dir, or move those aside")
+
+
 def parse_windows(text: str) -> dict[str, Window]:
     """``'energies=28,second_order=actions:28'`` → {regime: Window}; names, kinds and sizes checked."""
     out: dict[str, Window] = {}
@@ -182,8 +205,8 @@ def parse_windows(text: str) -> dict[str, Window]:
         name, _, spec = item.partition("=")
         if name not in REGIMES or name == "full_state":
             raise SystemExit(f"--windows: regime {name!r} must be one of energies, first_order, second_order")
-        of, _, k = spec.rpartition(":")
-        if of not in ("", "observations", "actions"):
+        of, colon, k = spec.rpartition(":")
+        if of not in ("observations", "actions") and (colon or of):
             raise SystemExit(f"--windows: window of {name} holds observations or actions, got {of!r}")
         if not (k.isascii() and k.isdecimal()) or not 1 <= int(k) <= 28:
             raise SystemExit(f"--windows: window of {name} must be an integer in [1, 28], got {k!r}")
@@ -205,7 +228,7 @@ def run_jobs(jobs: list[tuple[str, list[str]]], args: argparse.Namespace, work: 
     pending = [j for j in jobs if not _summary_path(work, j[0]).exists()]
     print(f"{args.what}: {len(jobs) - len(pending)} of {len(jobs)} runs already finished; "
           f"{len(pending)} to go, {args.jobs} at a time (work dir {work})", file=sys.stderr)
-    running: list[tuple[subprocess.Popen, str]] = []
+    running: list[tuple[subprocess.Popen, str, Any]] = []
     (work / "logs").mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     while pending or running:
@@ -218,22 +241,26 @@ def run_jobs(jobs: list[tuple[str, list[str]]], args: argparse.Namespace, work: 
                 cmd += ["--config", str(args.config)]
             cmd += args.train_args.split()
             log = open(work / "logs" / (name.replace("/", "_") + ".log"), "a")
-            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), name))
+            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), name, log))
             print(f"[{time.time() - t0:7.0f} s] started {name}", file=sys.stderr)
         time.sleep(2.0)
-        for p, name in list(running):
+        for p, name, log in list(running):
             if p.poll() is not None:
-                running.remove((p, name))
+                running.remove((p, name, log))
+                log.close()
                 status = "finished" if p.returncode == 0 else f"FAILED (exit {p.returncode}, see logs)"
                 print(f"[{time.time() - t0:7.0f} s] {status} {name}", file=sys.stderr)
 
 
-def _summaries(envs: list[str], regimes: list[str], work: Path, n_seeds: int) -> dict[tuple[str, str], list[dict]]:
+def _summaries(envs: list[str], regimes: list[str], work: Path, n_seeds: int,
+               windows: dict[str, Window]) -> dict[tuple[str, str], list[dict]]:
+    """(env, regime) → summaries of the finished runs of seeds < n_seeds with the set-up's window."""
     out: dict[tuple[str, str], list[dict]] = {}
     for env in envs:
         for regime in regimes:
-            out[(env, regime)] = [json.loads(p.read_text()) for s in range(n_seeds)
-                                  if (p := _summary_path(work, _run_name(env, regime, s))).exists()]
+            found = [json.loads(p.read_text()) for s in range(n_seeds)
+                     if (p := _summary_path(work, _run_name(env, regime, s))).exists()]
+            out[(env, regime)] = [r for r in found if same_memory(r["config"], windows)]
     return out
 
 
@@ -247,9 +274,9 @@ def t_half_width(x: list[float], level: float = 0.95) -> float:
 
 
 def write_table(envs: list[str], regimes: list[str], work: Path, out: Path, n_seeds: int,
-                grape_dir: Path) -> list[dict[str, Any]]:
+                grape_dir: Path, windows: dict[str, Window]) -> list[dict[str, Any]]:
     rows = []
-    for (env, regime), runs in _summaries(envs, regimes, work, n_seeds).items():
+    for (env, regime), runs in _summaries(envs, regimes, work, n_seeds, windows).items():
         best = [r["best_explored"]["ergotropy"] for r in runs]
         det = [r["deterministic"]["ergotropy"] for r in runs]
         g = grape_dir / f"grape_{env}.json"
@@ -302,8 +329,8 @@ def _ema(x: np.ndarray, g: float = 0.9) -> np.ndarray:
     return out
 
 
-def write_figures(envs: list[str], regimes: list[str], work: Path, out: Path, n_seeds: int,
-                  grape_dir: Path) -> None:
+def write_figures(envs: list[str], regimes: list[str], work: Path, out: Path, grape_dir: Path,
+                  windows: dict[str, Window]) -> None:
     plt = pyplot()
 
     from qhil.agents.runstore import RunStore
@@ -313,8 +340,9 @@ def write_figures(envs: list[str], regimes: list[str], work: Path, out: Path, n_
     store = RunStore(db)
     labels = {"full_state": r"$|\psi(t)\rangle$", "energies": r"$E_j$", "first_order": r"$E_j+\langle\sigma\rangle$",
               "second_order": r"$E_j+\langle\sigma\rangle+\langle\sigma\sigma\rangle$"}
-    # every run in the store, finished or still training (the figures show progress too)
-    runs = store.runs()
+    # every run in the store with the set-up's window, finished or still training (the
+    # figures show progress too)
+    runs = {name: v for name, v in store.runs().items() if same_memory(v["config"], windows)}
     by_cell = {(e, r): [name for name, v in sorted(runs.items())
                         if v["config"].get("env") == e and v["config"].get("regime") == r]
                for e in envs for r in regimes}
@@ -366,8 +394,9 @@ def write_figures(envs: list[str], regimes: list[str], work: Path, out: Path, n_
     axes[0].set_ylabel("λ(t) (ω_0)")
     axes[1].set_xlabel("t (1/ω_0)")
     axes[1].set_ylabel("ergotropy (ω_0)")
-    axes[0].legend(fontsize=7)
-    axes[1].legend(fontsize=7)
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle(f"{env}: best protocol per regime (best over seeds) and its ergotropy")
     fig.tight_layout()
     fig.savefig(out / "fig2_best_protocols.png", dpi=120)

@@ -53,7 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--json", type=Path, default=None, help="write the summary here")
     s.add_argument("--weight", type=float, default=None,
                    help="fixed reward weight w in [0, 1] of Eq. (11) instead of the schedule of Eq. (12)")
-    s.add_argument("--history", type=int, default=None, help="observation window: the last K observations")
+    s.add_argument("--history", type=int, default=None,
+                   help="window K: the last K observations (or actions, with --history-of actions)")
     s.add_argument("--history-of", choices=["observations", "actions"], default="observations",
                    help="what the --history window holds: past observations, or the current observation "
                         "plus the last K actions")
@@ -79,6 +80,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run)
 
 
+#: Recorded options a resumed run must keep: they fix what the policy's inputs mean.
+_RUN_IDENTITY = ("env", "regime", "history", "history_of")
 #: Seeds of the random validation (selection) and test (report) disorder realisations.
 VALIDATION_SEED, TEST_SEED = 1001, 2002
 
@@ -168,7 +171,7 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
               test_random: int = 0) -> dict[str, Any]:
     """Train (resuming if a checkpoint exists), evaluate, record; return the summary.
 
-    history:      observation window (:class:`~qhil.envs.history.HistoryVectorEnv`), None = off
+    history:      window size K (:class:`~qhil.envs.history.HistoryVectorEnv`), None = off
     history_of:   what the window holds, "observations" or "actions" (recorded only if "actions")
     omega_range / omega_spread / omega_seed: domain randomisation
                   (:class:`~qhil.envs.robust.RandomisedChargingEnv`); seed default ``cfg.seed``
@@ -226,6 +229,13 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
              else (cfg.seed if randomised else None), "weight": weight,
              "eval_envs": eval_envs or None, "eval_random": eval_random or None}
     config |= {k: v for k, v in extra.items() if v is not None}
+    recorded = store.runs().get(run)
+    changed = {k: (recorded["config"].get(k), config.get(k)) for k in _RUN_IDENTITY
+               if recorded is not None and recorded["config"].get(k) != config.get(k)}
+    if changed:                                     # a resume must see the same inputs
+        store.close()
+        raise ValidationError(", ".join(changed), f"run {run!r} was recorded with (recorded, now) {changed}",
+                              "the recorded values, or another --run or --run-dir")
 
     eval_backend = create_backend(backend) if isinstance(backend, str) else backend   # one prefix cache
 
