@@ -18,7 +18,7 @@ from qhil.envs.history import HistoryVectorEnv
 from qhil.envs.robust import RandomisedChargingEnv, heldout_realisations
 from qhil.lab.cli import build_parser, main
 from qhil.lab.commands.paper_results import gap_closed, mean_ci, t_reach
-from qhil.lab.commands.reproduce import Window, apply_setup, parse_windows, t_half_width
+from qhil.lab.commands.reproduce import Window, apply_setup, parse_windows, runs_by_cell, t_half_width
 from qhil.lab.commands.train import fixed_weight_schedule
 
 
@@ -394,6 +394,12 @@ def test_table1_counts_and_resumes_only_runs_with_the_set_ups_memory(tmp_path):
     assert main(batched + ["--report-only", "--windows", "second_order=28"]) == 0
     [row] = csv.DictReader(open(out / "table1.csv"))
     assert row["n_seeds"] == "1" and float(row["mean"]) == pytest.approx(3.9)
+    recorded = {"a": {"config": {"env": "env1", "regime": "second_order", "history": 28}},
+                "b": {"config": {"env": "env1", "regime": "second_order", "history": 28, "history_of": "actions"}},
+                "c": {"config": {"env": "env1", "regime": "full_state"}},
+                "d": {"config": {"env": "env1", "regime": "full_state", "history": 4}}}
+    cells = runs_by_cell(recorded, ["env1"], ["second_order", "full_state"], parse_windows("second_order=actions:28"))
+    assert cells == {("env1", "second_order"): ["b"], ("env1", "full_state"): ["c"]}     # what Figs. 1-2 plot
 
 
 def test_a_resumed_run_must_keep_its_memory(tmp_path, capsys):
@@ -435,26 +441,27 @@ def test_randomised_draws_follow_the_round_so_a_resumed_run_continues_them():
     assert not np.array_equal(draws[0], draws[1])
 
 
-def test_transfer_scores_the_final_table1_policies_on_other_batteries(tmp_path):
+@pytest.mark.parametrize("of", ["observations", "actions"])
+def test_transfer_scores_the_final_table1_policies_on_other_batteries(tmp_path, of):
     """`reproduce transfer`: the final Env1 policy, deterministic, on Env1–3 and held-out draws,
     equals an independent replay of the checkpoint; a wrong window is refused by name."""
     from qhil.agents.selection import load_policy
     from qhil.agents.training import deterministic_episode
     from qhil.envs import make_charging_env
     work, out = tmp_path / "w", tmp_path / "o"
-    assert main(["train", "--env", "env1", "--regime", "energies", "--history", "3", "--history-of", "actions",
+    assert main(["train", "--env", "env1", "--regime", "energies", "--history", "3", "--history-of", of,
                  "--total-steps", "84", "--learning-starts", "28", "--hidden", "8,8", "--batch-size", "8",
                  "--run-dir", str(work), "--no-progress"]) == 0
-    assert main(["reproduce", "transfer", "--regimes", "energies", "--windows", "energies=actions:3",
+    assert main(["reproduce", "transfer", "--regimes", "energies", "--windows", f"energies={of}:3",
                  "--test-random", "2", "--work-dir", str(work), "--out-dir", str(out)]) == 0
     [run] = list(csv.DictReader(open(out / "transfer_seeds.csv")))
     assert run["run"] == "env1/energies/seed0"
-    env2 = HistoryVectorEnv(make_charging_env("env2", "energies", weight=0.0), 3, of="actions")
+    env2 = HistoryVectorEnv(make_charging_env("env2", "energies", weight=0.0), 3, of=of)
     agent = load_policy(work / "env1_energies_seed0.pt", env2.obs_dim, env2.action_low, env2.action_high)
     assert float(run["env2"]) == pytest.approx(deterministic_episode(agent, env2)["ergotropy"], abs=1e-6)
     rows = {r["env"]: r for r in csv.DictReader(open(out / "transfer.csv"))}
     assert set(rows) == {"env1", "env2", "env3", "heldout_mean", "heldout_min"}
-    assert rows["env2"]["window"] == "3" and rows["env2"]["window_of"] == "actions"
+    assert rows["env2"]["window"] == "3" and rows["env2"]["window_of"] == of
     assert int(rows["env3"]["n_seeds"]) == 1 and float(rows["heldout_min"]["mean"]) <= float(rows["heldout_mean"]["mean"])
     plain = make_charging_env("env1", "energies")
     with pytest.raises(ValueError, match="obs_dim"):

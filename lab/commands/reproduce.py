@@ -329,6 +329,16 @@ def _ema(x: np.ndarray, g: float = 0.9) -> np.ndarray:
     return out
 
 
+def runs_by_cell(runs: dict[str, dict[str, Any]], envs: list[str], regimes: list[str],
+                 windows: dict[str, Window]) -> dict[tuple[str, str], list[str]]:
+    """(env, regime) → names of the recorded runs (``RunStore.runs()``) with the set-up's window,
+    finished or still training (the figures show progress too)."""
+    return {(e, r): [name for name, v in sorted(runs.items())
+                     if v["config"].get("env") == e and v["config"].get("regime") == r
+                     and same_memory(v["config"], windows)]
+            for e in envs for r in regimes}
+
+
 def write_figures(envs: list[str], regimes: list[str], work: Path, out: Path, grape_dir: Path,
                   windows: dict[str, Window]) -> None:
     plt = pyplot()
@@ -340,12 +350,7 @@ def write_figures(envs: list[str], regimes: list[str], work: Path, out: Path, gr
     store = RunStore(db)
     labels = {"full_state": r"$|\psi(t)\rangle$", "energies": r"$E_j$", "first_order": r"$E_j+\langle\sigma\rangle$",
               "second_order": r"$E_j+\langle\sigma\rangle+\langle\sigma\sigma\rangle$"}
-    # every run in the store with the set-up's window, finished or still training (the
-    # figures show progress too)
-    runs = {name: v for name, v in store.runs().items() if same_memory(v["config"], windows)}
-    by_cell = {(e, r): [name for name, v in sorted(runs.items())
-                        if v["config"].get("env") == e and v["config"].get("regime") == r]
-               for e in envs for r in regimes}
+    by_cell = runs_by_cell(store.runs(), envs, regimes, windows)
     # Fig. 1: EMA learning curves
     fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
     for ax, env in zip(axes[0], envs):
