@@ -398,7 +398,7 @@ def test_table1_counts_and_resumes_only_runs_with_the_set_ups_memory(tmp_path):
                 "b": {"config": {"env": "env1", "regime": "second_order", "history": 28, "history_of": "actions"}},
                 "c": {"config": {"env": "env1", "regime": "full_state"}},
                 "d": {"config": {"env": "env1", "regime": "full_state", "history": 4}}}
-    cells = runs_by_cell(recorded, ["env1"], ["second_order", "full_state"], parse_windows("second_order=actions:28"))
+    cells = runs_by_cell(recorded, parse_windows("second_order=actions:28"))
     assert cells == {("env1", "second_order"): ["b"], ("env1", "full_state"): ["c"]}     # what Figs. 1-2 plot
 
 

@@ -42,7 +42,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import pyplot
-from .reproduce import (ENVS, PAPER, Window, _ema, _summary_path, parse_windows, run_jobs, same_memory,
+from .reproduce import (ENVS, PAPER, Window, _ema, _summary_path, parse_windows, run_jobs, runs_by_cell,
                         t_half_width)
 
 #: Seed 000, Table 2 (trained on Env1, checkpoint by mean over Env1–3): (mean, CI half-width).
@@ -272,14 +272,10 @@ def _table1_runs(work: Path, windows: dict[str, Window]) -> dict[tuple[str, str]
     store = _store(work)
     if store is None:
         return {}
-    out: dict[tuple[str, str], list[str]] = {}
-    for name, v in sorted(store.runs().items()):
-        c = v["config"]
-        other = {"weight", "omega_range", "omega_spread", "eval_envs", "eval_random"} & set(c)
-        if v["status"] == "done" and not other and same_memory(c, windows):
-            out.setdefault((c.get("env"), c.get("regime")), []).append(name)
+    other = {"weight", "omega_range", "omega_spread", "eval_envs", "eval_random"}
+    finished = {name: v for name, v in store.runs().items() if v["status"] == "done" and not other & set(v["config"])}
     store.close()
-    return out
+    return runs_by_cell(finished, windows)
 
 
 def report_tableS1(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -546,10 +542,8 @@ def report_transfer(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     per_run: list[dict[str, Any]] = []
     for regime in regimes:
-        w = windows.get(regime)
-        envs = {name: evaluation_env(omegas, regime, w.size if w else None, backend,
-                                     w.of if w else "observations")
-                for name, omegas in batteries.items()}
+        size, of = windows[regime] if regime in windows else (None, "observations")
+        envs = {name: evaluation_env(omegas, regime, size, backend, of) for name, omegas in batteries.items()}
         probe = envs["env1"]
         scored = []
         for run in runs.get(("env1", regime), []):
@@ -563,8 +557,7 @@ def report_transfer(args: argparse.Namespace) -> list[dict[str, Any]]:
                            "heldout_min": float(np.min(held)) if held else float("nan")})
         per_run += scored
         for env in ENVS + ["heldout_mean", "heldout_min"]:
-            rows.append(_table2_row(regime, env, [r[env] for r in scored], window=w.size if w else 1,
-                                    window_of=w.of if w else "observations"))
+            rows.append(_table2_row(regime, env, [r[env] for r in scored], window=size or 1, window_of=of))
     _write_csv(out / "transfer.csv", rows)
     _write_csv(out / "transfer_seeds.csv", per_run)
     title = (f"final policies of the Table 1 Env1 runs ({work}), deterministic, no selection; "

@@ -329,14 +329,14 @@ def _ema(x: np.ndarray, g: float = 0.9) -> np.ndarray:
     return out
 
 
-def runs_by_cell(runs: dict[str, dict[str, Any]], envs: list[str], regimes: list[str],
-                 windows: dict[str, Window]) -> dict[tuple[str, str], list[str]]:
-    """(env, regime) → names of the recorded runs (``RunStore.runs()``) with the set-up's window,
-    finished or still training (the figures show progress too)."""
-    return {(e, r): [name for name, v in sorted(runs.items())
-                     if v["config"].get("env") == e and v["config"].get("regime") == r
-                     and same_memory(v["config"], windows)]
-            for e in envs for r in regimes}
+def runs_by_cell(runs: dict[str, dict[str, Any]], windows: dict[str, Window]) -> dict[tuple[str, str], list[str]]:
+    """(env, regime) → names of the recorded runs (``RunStore.runs()``) with the set-up's window
+    for their regime, sorted; cells without such runs are left out."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for name, v in sorted(runs.items()):
+        if same_memory(v["config"], windows):
+            out.setdefault((v["config"].get("env"), v["config"].get("regime")), []).append(name)
+    return out
 
 
 def write_figures(envs: list[str], regimes: list[str], work: Path, out: Path, grape_dir: Path,
@@ -350,12 +350,12 @@ def write_figures(envs: list[str], regimes: list[str], work: Path, out: Path, gr
     store = RunStore(db)
     labels = {"full_state": r"$|\psi(t)\rangle$", "energies": r"$E_j$", "first_order": r"$E_j+\langle\sigma\rangle$",
               "second_order": r"$E_j+\langle\sigma\rangle+\langle\sigma\sigma\rangle$"}
-    by_cell = runs_by_cell(store.runs(), envs, regimes, windows)
+    by_cell = runs_by_cell(store.runs(), windows)      # finished or still training: figures show progress
     # Fig. 1: EMA learning curves
     fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
     for ax, env in zip(axes[0], envs):
         for regime in regimes:
-            curves = [_ema(np.asarray(store.episodes(name)["ret"])) for name in by_cell[(env, regime)]]
+            curves = [_ema(np.asarray(store.episodes(name)["ret"])) for name in by_cell.get((env, regime), [])]
             curves = [c for c in curves if len(c)]
             if not curves:
                 continue
@@ -379,7 +379,7 @@ def write_figures(envs: list[str], regimes: list[str], work: Path, out: Path, gr
     env = "env1" if "env1" in envs else envs[0]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for regime in regimes:
-        bests = [store.best(name) for name in by_cell[(env, regime)]]
+        bests = [store.best(name) for name in by_cell.get((env, regime), [])]
         bests = [b for b in bests if b is not None]
         if not bests:
             continue
