@@ -33,7 +33,11 @@ A qiskit-aer ``NoiseModel`` acts through its single-qubit errors on the ``id``
 instruction (one idle slot per measurable qubit after each step, as a device model's idle
 errors would) and its single-qubit readout errors (turned into the assignment matrix).
 Errors on other instructions cannot match anything in these circuits; they are ignored
-with a warning. Errors on qubits ≥ n (the cavity register or beyond) are rejected.
+with a warning. Errors on qubits ≥ n (the cavity register or beyond), multi-qubit errors on
+``id``, correlated readout errors and custom noise passes are rejected. qiskit-aer keeps the
+error tables private (:data:`NOISE_MODEL_ATTRIBUTES`): qhil reads them strictly and checks the
+count against the public ``to_dict()``, so a qiskit-aer that renames them raises
+:class:`~qhil.drivers.UnsupportedError` rather than running without the noise.
 
 Readout: ``readout`` is an assignment matrix A[m, t] = P(read m | true t), one (2, 2) for
 every qubit or (n, 2, 2). Shot runs sample through it; exact runs return the expectation
@@ -49,7 +53,7 @@ import numpy as np
 
 from . import _validate as check
 from .backend import Backend, Capabilities
-from .errors import ValidationError
+from .errors import UnsupportedError, ValidationError
 from .experiment import Experiment, Result
 from .measure import measure_density, warn_if_truncated
 from .model import Model
@@ -82,35 +86,73 @@ def _is_noise_model(obj: Any) -> bool:
     return type(obj).__name__ == "NoiseModel" and hasattr(obj, "to_dict")
 
 
+#: The NoiseModel attributes qhil reads (qiskit-aer keeps them private; tested with 0.15–0.18.2).
+NOISE_MODEL_ATTRIBUTES = ("_default_quantum_errors", "_local_quantum_errors", "_default_readout_error",
+                          "_local_readout_errors", "_custom_noise_passes")
+
+
+def _noise_model_parts(nm: Any) -> dict[str, Any]:
+    """The NoiseModel's error tables, read strictly: an attribute that is missing, or tables that
+    disagree with the model's public ``to_dict()``, raise :class:`UnsupportedError` instead of
+    silently dropping the noise (a qiskit-aer that renamed its internals would otherwise give a
+    noiseless run)."""
+    try:
+        from qiskit_aer import __version__ as aer_version
+    except ImportError:                                  # pragma: no cover - qiskit-aer is a dependency
+        aer_version = "unknown"
+    hint = (f"qhil reads the NoiseModel's {', '.join(NOISE_MODEL_ATTRIBUTES)}; it is tested with qiskit-aer "
+            f"0.18.2 and this is {aer_version}. Pin qiskit-aer to a tested version, or give the errors as "
+            "qhil channels (kraus_channel, depolarizing, …) and readout=")
+    missing = [a for a in NOISE_MODEL_ATTRIBUTES if not hasattr(nm, a)]
+    if missing:
+        raise UnsupportedError(f"noise.NoiseModel: cannot read {missing} from this NoiseModel. {hint}")
+    parts = {a.strip("_"): getattr(nm, a) for a in NOISE_MODEL_ATTRIBUTES}
+    try:
+        n_quantum = len(parts["default_quantum_errors"]) + sum(
+            len(per_q) for per_q in parts["local_quantum_errors"].values())
+        n_readout = (parts["default_readout_error"] is not None) + len(parts["local_readout_errors"])
+        n_public = len(nm.to_dict()["errors"])
+    except (AttributeError, TypeError, KeyError) as exc:
+        raise UnsupportedError(f"noise.NoiseModel: its error tables have an unexpected form ({exc}). {hint}") from None
+    if n_quantum + n_readout != n_public:
+        raise UnsupportedError(f"noise.NoiseModel: read {n_quantum} quantum and {n_readout} readout errors, but "
+                               f"to_dict() lists {n_public}. {hint}")
+    if parts["custom_noise_passes"]:
+        raise ValidationError("noise.NoiseModel", "custom noise passes cannot be applied to qhil circuits",
+                              "quantum errors on 'id' and single-qubit readout errors")
+    return parts
+
+
 def _from_noise_model(nm: Any) -> tuple[list[Channel], dict[int | None, np.ndarray], list[str], set[int]]:
     """Channels from a NoiseModel's 'id' errors, readout matrices per qubit (None = every
     qubit), the names of instructions whose errors cannot apply here, and every qubit the
-    model names."""
+    model names. Multi-qubit errors on 'id' and correlated readout errors are refused."""
     from qiskit.quantum_info import Kraus
+    parts = _noise_model_parts(nm)
     channels: list[Channel] = []
     readout: dict[int | None, np.ndarray] = {}
     ignored: set[str] = set()
     named: set[int] = set()
-    default_q = getattr(nm, "_default_quantum_errors", {})
-    local_q = getattr(nm, "_local_quantum_errors", {})
-    for name, err in default_q.items():
+    for name, err in parts["default_quantum_errors"].items():
         if name != "id":
             ignored.add(name)
             continue
         if err.num_qubits != 1:
             raise ValidationError("noise.NoiseModel", f"a {err.num_qubits}-qubit error on 'id'", "single-qubit errors")
         channels.append(kraus_channel(Kraus(err.to_quantumchannel()).data, None))
-    for name, per_q in local_q.items():
+    for name, per_q in parts["local_quantum_errors"].items():
         for qubits, err in per_q.items():
             named.update(int(q) for q in qubits)
             if name != "id":
                 ignored.add(name)
+            elif err.num_qubits != 1 or len(qubits) != 1:
+                raise ValidationError("noise.NoiseModel", f"a {err.num_qubits}-qubit error on 'id' of qubits "
+                                      f"{[int(q) for q in qubits]}", "single-qubit errors")
             else:
                 channels.append(kraus_channel(Kraus(err.to_quantumchannel()).data, tuple(qubits)))
-    ro_default = getattr(nm, "_default_readout_error", None)
-    if ro_default is not None:
-        readout[None] = _readout_matrix(ro_default)
-    for qubits, err in getattr(nm, "_local_readout_errors", {}).items():
+    if parts["default_readout_error"] is not None:
+        readout[None] = _readout_matrix(parts["default_readout_error"])
+    for qubits, err in parts["local_readout_errors"].items():
         if len(qubits) != 1:
             raise ValidationError("noise.NoiseModel", f"a correlated readout error on qubits {list(qubits)}",
                                   "single-qubit readout errors")

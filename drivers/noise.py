@@ -69,15 +69,7 @@ class Channel:
         if self.name not in CHANNELS:
             raise ValidationError("noise.channel", f"unknown channel {self.name!r}", ", ".join(CHANNELS))
         if self.qubits is not None:
-            try:
-                qs = tuple(self.qubits)
-            except TypeError:
-                raise ValidationError(f"{where}.qubits",
-                                      f"expected a list of qubit indices, got {self.qubits!r}") from None
-            qs = tuple(check.integer(f"{where}.qubits", q, 0, 10_000) for q in qs)
-            if len(set(qs)) != len(qs):
-                raise ValidationError(f"{where}.qubits", f"{list(qs)} names a qubit twice", "distinct indices")
-            object.__setattr__(self, "qubits", qs)
+            object.__setattr__(self, "qubits", _qubit_tuple(f"{where}.qubits", self.qubits))
         if self.name == "kraus":
             if self.p is not None or self.rate is not None:
                 raise ValidationError(f"{where}", "a Kraus channel takes operators, not p or rate",
@@ -128,25 +120,47 @@ class Channel:
         return d
 
 
+#: Largest qubit index a channel may name (the models stop far below: 10 battery TLS, 12 spins).
+MAX_QUBIT_INDEX = 10_000
+
+
+def _qubit_tuple(name: str, qubits: Any) -> tuple[int, ...]:
+    """Validated qubit indices: a non-empty list of distinct integers in [0, MAX_QUBIT_INDEX]
+    (whether they exist is checked against the model when an experiment runs)."""
+    allowed = f"None (every qubit) or a non-empty list of distinct integers in [0, {MAX_QUBIT_INDEX}]"
+    if isinstance(qubits, (str, bytes, dict)) or not hasattr(qubits, "__iter__"):
+        raise ValidationError(name, f"expected a list of qubit indices, got {qubits!r}", allowed)
+    qs = tuple(check.integer(name, q, 0, MAX_QUBIT_INDEX) for q in qubits)
+    if not qs:
+        raise ValidationError(name, "is empty: the channel would act on nothing", allowed)
+    if len(set(qs)) != len(qs):
+        raise ValidationError(name, f"{list(qs)} names a qubit twice", allowed)
+    return qs
+
+
 def bit_flip(p: float | None = None, rate: float | None = None, qubits: Sequence[int] | None = None) -> Channel:
-    """ρ → (1 − p) ρ + p XρX on each qubit (p per step, or rate per unit time)."""
-    return Channel("bit_flip", p, rate, None if qubits is None else tuple(qubits))
+    """ρ → (1 − p) ρ + p XρX on each qubit (p per step in [0, 1], or rate ≥ 0 per unit time 1/ω_0).
+    Bad arguments raise :class:`~qhil.drivers.ValidationError`."""
+    return Channel("bit_flip", p, rate, qubits)
 
 
 def phase_flip(p: float | None = None, rate: float | None = None, qubits: Sequence[int] | None = None) -> Channel:
-    """ρ → (1 − p) ρ + p ZρZ on each qubit (p per step, or rate per unit time)."""
-    return Channel("phase_flip", p, rate, None if qubits is None else tuple(qubits))
+    """ρ → (1 − p) ρ + p ZρZ on each qubit (p per step in [0, 1], or rate ≥ 0 per unit time 1/ω_0).
+    Bad arguments raise :class:`~qhil.drivers.ValidationError`."""
+    return Channel("phase_flip", p, rate, qubits)
 
 
 def depolarizing(p: float | None = None, rate: float | None = None, qubits: Sequence[int] | None = None) -> Channel:
-    """ρ → (1 − p) ρ + p Tr_q(ρ) ⊗ I/2 on each qubit (p per step, or rate per unit time)."""
-    return Channel("depolarizing", p, rate, None if qubits is None else tuple(qubits))
+    """ρ → (1 − p) ρ + p Tr_q(ρ) ⊗ I/2 on each qubit (p per step in [0, 1], or rate ≥ 0 per unit
+    time 1/ω_0). Bad arguments raise :class:`~qhil.drivers.ValidationError`."""
+    return Channel("depolarizing", p, rate, qubits)
 
 
 def kraus_channel(operators: Any, qubits: Sequence[int] | None = None) -> Channel:
     """A user channel from single-qubit Kraus operators (a list of 2×2 arrays, a
-    ``qiskit.quantum_info.Kraus`` or a single-qubit ``qiskit_aer.noise.QuantumError``)."""
-    return Channel("kraus", qubits=None if qubits is None else tuple(qubits), kraus=_kraus_list(operators))
+    ``qiskit.quantum_info.Kraus`` or a single-qubit ``qiskit_aer.noise.QuantumError``),
+    Σ K†K = I within 1e-10. Bad arguments raise :class:`~qhil.drivers.ValidationError`."""
+    return Channel("kraus", qubits=qubits, kraus=_kraus_list(operators))
 
 
 def _kraus_list(operators: Any) -> Any:
@@ -157,7 +171,11 @@ def _kraus_list(operators: Any) -> Any:
         if cls == "QuantumError" and operators.num_qubits != 1:
             raise ValidationError("noise.kraus", f"expected a single-qubit error, got {operators.num_qubits} qubits",
                                   "a 1-qubit QuantumError, or a NoiseModel for multi-qubit errors")
-        kr = Kraus(ch)
+        try:
+            kr = Kraus(ch)
+        except Exception as exc:           # qiskit's own error (e.g. not completely positive)
+            raise ValidationError("noise.kraus", f"cannot convert the {cls} to Kraus operators: {exc}",
+                                  "a completely positive, trace-preserving single-qubit channel") from None
         if kr.num_qubits != 1:
             raise ValidationError("noise.kraus", f"expected a single-qubit channel, got {kr.num_qubits} qubits",
                                   "2×2 Kraus operators")
@@ -196,6 +214,9 @@ def parse_channels(noise: Any) -> tuple[Channel, ...]:
         noise = [noise]
     if isinstance(noise, str):
         raise ValidationError("noise", f"{noise!r} needs a probability, e.g. ({noise!r}, 0.01)",
+                              "a Channel, a dict, a (name, p) pair, a list of these, a NoiseModel")
+    if not isinstance(noise, (list, tuple)):
+        raise ValidationError("noise", f"cannot read {noise!r} as noise",
                               "a Channel, a dict, a (name, p) pair, a list of these, a NoiseModel")
     out = []
     for i, item in enumerate(noise):
@@ -367,7 +388,11 @@ class BlockDensityEngine:
 
     def __init__(self, model: Model, channels: Sequence[Channel], dt: float, threads: int = 1,
                  interpolate: bool | None = None) -> None:
-        self.model, self.dt = model, float(dt)
+        if not isinstance(model, Model):
+            raise ValidationError("model", f"expected a qhil Model, got {type(model).__name__}")
+        channels = parse_channels(list(channels) if isinstance(channels, (list, tuple)) else channels)
+        self.model, self.dt = model, check.finite_float("dt", dt, 0.0, math.inf, lo_open=True)
+        threads = check.integer("threads", threads, 1, 256)
         n = model.n_qubits
         check_qubits(channels, n)
         if not block_compatible(channels, dt):

@@ -398,3 +398,132 @@ def test_noise_model_errors_on_other_instructions_are_ignored_with_a_warning(dic
     assert np.allclose(res.values[:, :2], clean.values[:, :2], atol=1e-12)
     with pytest.warns(RuntimeWarning, match="cx"), pytest.raises(ValidationError, match="given twice"):
         create_backend("aer", noise=nm, readout=np.eye(2))
+
+
+# -- NoiseModel import: all-qubit errors, readout, refusals, and no silent loss of noise ----------
+
+def test_all_qubit_id_error_acts_on_every_qubit_like_the_same_kraus_channel(dicke):
+    """add_all_qubit_quantum_error(…, "id"): Aer applying the model itself, the block engine on
+    the imported channels and a qhil Kraus channel on every qubit agree, and differ from no noise."""
+    from qiskit_aer.noise import NoiseModel, amplitude_damping_error
+    nm = NoiseModel()
+    nm.add_all_qubit_quantum_error(amplitude_damping_error(0.2), "id")
+    exp = Experiment(dicke, np.random.default_rng(3).uniform(-0.5, 0.5, 4), 0.3, SECOND)
+    by_aer = create_backend("aer", engine="aer", noise=nm).run(exp)[0]
+    by_block = create_backend("aer", engine="block", noise=nm).run(exp)[0]
+    by_kraus = create_backend("aer", engine="block", noise=kraus_channel(amplitude_damping(0.2))).run(exp)[0]
+    clean = create_backend("aer", engine="block").run(exp)[0]
+    assert np.max(np.abs(by_aer.qubit_density - by_block.qubit_density)) < 1e-9
+    assert np.max(np.abs(by_kraus.qubit_density - by_block.qubit_density)) < 1e-12
+    assert np.max(np.abs(by_block.qubit_density - clean.qubit_density)) > 1e-2     # the noise acts
+    assert [c["qubits"] for c in by_block.metadata["noise"]] == [None]             # on every qubit
+
+
+def test_all_qubit_readout_error_with_a_local_override(dicke):
+    from qiskit_aer.noise import NoiseModel, ReadoutError
+    nm = NoiseModel()
+    nm.add_all_qubit_readout_error(ReadoutError([[0.9, 0.1], [0.2, 0.8]]))        # P(read | true), rows = true
+    nm.add_readout_error(ReadoutError([[0.97, 0.03], [0.06, 0.94]]), [1])          # overrides qubit 1
+    exp = Experiment(dicke, [0.2, -0.1, 0.3], 0.3, MeasurementSchedule("energies"))
+    res = create_backend("aer", noise=nm).run(exp)[0]
+    clean = create_backend("aer").run(exp)[0]
+    a_all, a_one = [[0.9, 0.2], [0.1, 0.8]], [[0.97, 0.06], [0.03, 0.94]]          # A[read, true]
+    assert res.metadata["readout"] == [a_all, a_one, a_all]
+    for q, a in enumerate([a_all, a_one, a_all]):
+        p0 = (1 + clean.values[:, q]) / 2
+        expect = (a[0][0] - a[1][0]) * p0 + (a[0][1] - a[1][1]) * (1 - p0)
+        assert np.allclose(res.values[:, q], expect, atol=1e-12)
+    assert np.allclose(res.qubit_density, clean.qubit_density, atol=1e-13)         # readout only
+
+
+def test_correlated_readout_and_multi_qubit_id_errors_are_refused():
+    from qiskit_aer.noise import NoiseModel, ReadoutError, depolarizing_error
+    nm = NoiseModel()
+    swap = np.eye(4)[[0, 2, 1, 3]] * 0.1 + np.eye(4) * 0.9                        # 2-qubit readout error
+    nm.add_readout_error(ReadoutError(swap), [0, 1])
+    with pytest.raises(ValidationError, match="correlated readout") as info:
+        create_backend("aer", noise=nm)
+    assert info.value.parameter == "noise.NoiseModel"
+    # qiskit-aer itself refuses a 2-qubit error on "id"; a model that holds one anyway
+    # (another qiskit-aer, or a hand-edited table) must not be half-applied
+    for table in ("_local_quantum_errors", "_default_quantum_errors"):
+        nm = NoiseModel()
+        err = depolarizing_error(0.1, 2)
+        getattr(nm, table)["id"] = {(0, 1): err} if table == "_local_quantum_errors" else err
+        with pytest.raises(ValidationError, match="2-qubit error on 'id'"):
+            create_backend("aer", noise=nm)
+
+
+def test_unreadable_noise_model_fails_loudly_instead_of_running_noiseless(monkeypatch):
+    """If qiskit-aer renames the private tables qhil reads, construction raises; it never
+    falls back to an empty model (a noiseless run that looks noisy)."""
+    from qiskit_aer.noise import NoiseModel, depolarizing_error
+
+    from qhil.drivers import UnsupportedError
+    nm = NoiseModel()
+    nm.add_all_qubit_quantum_error(depolarizing_error(0.1, 1), "id")
+    nm._all_qubit_errors = nm.__dict__.pop("_default_quantum_errors")             # an upstream rename
+    monkeypatch.setattr(NoiseModel, "to_dict", lambda self, serializable=False: {"errors": [{}]})
+    with pytest.raises(UnsupportedError, match="_default_quantum_errors"):
+        create_backend("aer", noise=nm)
+    # tables that are present but disagree with the public to_dict() (e.g. a new place for errors)
+    nm = NoiseModel()
+    monkeypatch.setattr(NoiseModel, "to_dict", lambda self, serializable=False: {"errors": [{"type": "qerror"}]})
+    with pytest.raises(UnsupportedError, match="to_dict"):
+        create_backend("aer", noise=nm)
+
+
+def test_custom_noise_passes_are_refused():
+    from qiskit_aer.noise import NoiseModel
+    nm = NoiseModel()
+    nm._custom_noise_passes.append(object())          # what add_custom_noise_pass would store
+    with pytest.raises(ValidationError, match="custom noise passes"):
+        create_backend("aer", noise=nm)
+
+
+# -- every public channel constructor validates its arguments -----------------------------------
+
+@pytest.mark.parametrize("make, param", [
+    (lambda: bit_flip(p=0.1, qubits=5), "noise[bit_flip].qubits"),
+    (lambda: phase_flip(p=0.1, qubits="01"), "noise[phase_flip].qubits"),
+    (lambda: depolarizing(p=0.1, qubits=[0, 0]), "noise[depolarizing].qubits"),
+    (lambda: depolarizing(p=0.1, qubits=[]), "noise[depolarizing].qubits"),
+    (lambda: bit_flip(p=0.1, qubits=[-1]), "noise[bit_flip].qubits"),
+    (lambda: bit_flip(p=0.1, qubits=[0.5]), "noise[bit_flip].qubits"),
+    (lambda: bit_flip(p=1.5), "noise[bit_flip].p"),
+    (lambda: phase_flip(p=float("nan")), "noise[phase_flip].p"),
+    (lambda: depolarizing(p=float("inf")), "noise[depolarizing].p"),
+    (lambda: bit_flip(p="0.1"), "noise[bit_flip].p"),
+    (lambda: bit_flip(p=True), "noise[bit_flip].p"),
+    (lambda: phase_flip(rate=-0.1), "noise[phase_flip].rate"),
+    (lambda: depolarizing(rate=float("inf")), "noise[depolarizing].rate"),
+    (lambda: bit_flip(), "noise[bit_flip]"),
+    (lambda: bit_flip(p=0.1, rate=0.1), "noise[bit_flip]"),
+    (lambda: kraus_channel(None), "noise[kraus].kraus"),
+    (lambda: kraus_channel(5), "noise[kraus].kraus"),
+    (lambda: kraus_channel([np.eye(3)]), "noise[kraus].kraus"),
+    (lambda: kraus_channel([np.eye(2) * np.nan]), "noise[kraus].kraus"),
+    (lambda: kraus_channel([np.eye(2)], qubits=3), "noise[kraus].qubits"),
+    (lambda: Channel("amplitude", p=0.1), "noise.channel"),
+])
+def test_channel_constructors_raise_validation_errors(make, param):
+    with pytest.raises(ValidationError) as info:
+        make()
+    assert info.value.parameter == param
+
+
+def test_non_cptp_qiskit_channel_and_unreadable_noise_are_validation_errors(dicke):
+    from qiskit.quantum_info import SuperOp
+
+    from qhil.drivers.noise import parse_channels
+    with pytest.raises(ValidationError) as info:
+        kraus_channel(SuperOp(np.diag([1.0, 2.0, 2.0, 1.0])))              # not completely positive
+    assert info.value.parameter in ("noise.kraus", "noise[kraus].kraus")
+    with pytest.raises(ValidationError, match="cannot read 5"):
+        parse_channels(5)
+    with pytest.raises(ValidationError) as info:
+        BlockDensityEngine(dicke, [bit_flip(0.1)], dt=-0.3)
+    assert info.value.parameter == "dt"
+    with pytest.raises(ValidationError) as info:
+        BlockDensityEngine(dicke, [bit_flip(0.1)], dt=0.3, threads=0)
+    assert info.value.parameter == "threads"
