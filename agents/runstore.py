@@ -72,14 +72,42 @@ class RunStore:
                              (run, json.dumps(config, sort_keys=True), now, now))
             self._db.execute("UPDATE runs SET status='running', updated=? WHERE run=?", (now, run))
 
-    def truncate(self, run: str, after_episode: int) -> None:
-        """Drop episodes past ``after_episode`` (a resume from an older checkpoint)."""
+    def truncate(self, run: str, after_episode: int, best: dict[str, Any] | None = None) -> None:
+        """Drop episodes past ``after_episode`` (a resume from an older checkpoint), in one
+        transaction with the best protocol.
+
+        ``best`` is the best the restored state holds (ergotropy, episode, protocol, trajectory;
+        the checkpoint's own): it replaces the stored best row, so the store never keeps a best
+        the state does not have (one found after the checkpoint) nor loses the one it has (an
+        older best overwritten by a later one). ``None`` (no best yet): the stored row is
+        dropped if it is past ``after_episode``.
+        """
         with self._tx():
             self._db.execute("DELETE FROM episodes WHERE run=? AND episode>?", (run, after_episode))
             self._db.execute("DELETE FROM episode_figures WHERE run=? AND episode>?", (run, after_episode))
+            if best is not None:
+                self._write_best(run, best)
+                return
             row = self._db.execute("SELECT episode FROM best WHERE run=?", (run,)).fetchone()
             if row and row[0] > after_episode:
                 self._db.execute("DELETE FROM best WHERE run=?", (run,))
+
+    def _write_best(self, run: str, best: dict[str, Any]) -> None:
+        self._db.execute("INSERT OR REPLACE INTO best VALUES (?, ?, ?, ?, ?)",
+                         (run, float(best["ergotropy"]), int(best["episode"]),
+                          json.dumps(list(map(float, best["protocol"]))),
+                          json.dumps(list(map(float, best["trajectory"])))))
+
+    def annotate(self, run: str, **fields: Any) -> None:
+        """Add or replace top-level keys of ``run``'s recorded config (e.g. the precision a
+        process chose); the other keys are kept."""
+        with self._tx():
+            row = self._db.execute("SELECT config FROM runs WHERE run=?", (run,)).fetchone()
+            if row is None:
+                raise KeyError(f"run {run!r} is not in {self.path}")
+            cfg = {**json.loads(row[0]), **fields}
+            self._db.execute("UPDATE runs SET config=?, updated=? WHERE run=?",
+                             (json.dumps(cfg, sort_keys=True), time.time(), run))
 
     def log_episodes(self, run: str, rows: Sequence[dict[str, Any]], best: dict[str, Any] | None = None) -> None:
         """Append episodes (dicts with episode, step, ret, energy, ergotropy, best, weight and
@@ -95,10 +123,7 @@ class RunStore:
                 "INSERT OR REPLACE INTO episode_figures VALUES (?, ?, ?)",
                 [(run, int(r["episode"]), json.dumps(r["figures"], sort_keys=True)) for r in rows if r.get("figures")])
             if best is not None:
-                self._db.execute("INSERT OR REPLACE INTO best VALUES (?, ?, ?, ?, ?)",
-                                 (run, float(best["ergotropy"]), int(best["episode"]),
-                                  json.dumps(list(map(float, best["protocol"]))),
-                                  json.dumps(list(map(float, best["trajectory"])))))
+                self._write_best(run, best)
             self._db.execute("UPDATE runs SET updated=? WHERE run=?", (now, run))
 
     def finish_run(self, run: str, summary: dict[str, Any]) -> None:

@@ -6,7 +6,8 @@ Bootstrapped DQN, DDPG, PPO and the DQN+PPO ensemble on the supply chain (seed 0
   :class:`~qhil.agents.replay.ReplayBuffer` and replay updates for off-policy agents, an
   ``observe`` hook after every step (ε decay, PPO's rollout and its update when full, the
   ensemble's bookkeeping), episodes recorded in a :class:`~qhil.agents.runstore.RunStore`,
-  atomic checkpoints for resume, a tqdm bar with live figures.
+  atomic checkpoints for resume (every ``checkpoint_every`` episodes and every
+  ``checkpoint_seconds`` of wall time), a tqdm bar with live figures.
 * :func:`train_off_policy` — the charging vector env's case of :func:`train` (unchanged API).
 * :class:`ChargingEpisodes` / :class:`GymEpisodes` — the two adapters: a
   :class:`~qhil.envs.charging.ChargingVectorEnv` (lock-step episodes, ergotropy figures) and
@@ -32,6 +33,7 @@ environment step (on-policy agents learn here).
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -41,8 +43,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from qhil.drivers import ValidationError
+
 from .replay import ReplayBuffer
 from .runstore import RunStore
+
+#: Default wall-time interval between checkpoints (seconds), besides every ``checkpoint_every`` episodes.
+CHECKPOINT_SECONDS = 60.0
 
 
 @dataclass
@@ -54,6 +61,7 @@ class TrainState:
     best: float = -np.inf        # best terminal ergotropy (charging) / return (gym) so far
     best_protocol: list[float] = field(default_factory=list)
     best_trajectory: list[float] = field(default_factory=list)
+    best_episode: int = -1       # the episode that set ``best`` (-1: none, or a checkpoint older than this field)
     wall: float = 0.0            # seconds spent training (summed over resumes)
     updates: int = 0
 
@@ -153,6 +161,7 @@ class ChargingEpisodes:
                 state.best = erg
                 state.best_protocol = protocols[i].tolist()
                 state.best_trajectory = traj_arr[i].tolist()
+                state.best_episode = state.episode
                 new_best = {"ergotropy": erg, "episode": state.episode, "protocol": state.best_protocol,
                             "trajectory": state.best_trajectory}
             rows.append({"episode": state.episode, "step": state.step, "ret": float(ret[i]),
@@ -231,6 +240,7 @@ class GymEpisodes:
             state.best = r
             state.best_protocol = np.ravel(np.asarray(self._actions, float)).tolist()   # (T,) or (T·N,)
             state.best_trajectory = [float(s.get("fidelity", 0.0)) for s in self._steps]
+            state.best_episode = state.episode
             new_best = {"ergotropy": r, "episode": state.episode, "protocol": state.best_protocol,
                         "trajectory": state.best_trajectory}
         omega = getattr(agent, "omega", None)
@@ -249,19 +259,54 @@ class GymEpisodes:
         return out
 
 
+def check_checkpoint_interval(checkpoint_every: Any, checkpoint_seconds: Any) -> tuple[int, float | None]:
+    """Validate the two checkpoint intervals: ``checkpoint_every`` an integer ≥ 1 (episodes),
+    ``checkpoint_seconds`` a finite number > 0 (seconds of wall time) or None (episodes only)."""
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) \
+            or checkpoint_every < 1:
+        raise ValidationError("checkpoint_every", f"{checkpoint_every!r}", "an integer ≥ 1 (episodes)")
+    if checkpoint_seconds is not None:
+        ok = isinstance(checkpoint_seconds, (int, float, np.integer, np.floating)) \
+            and not isinstance(checkpoint_seconds, bool)
+        if not ok or not math.isfinite(checkpoint_seconds) or not 0 < checkpoint_seconds <= 1e7:
+            raise ValidationError("checkpoint_seconds", f"{checkpoint_seconds!r}",
+                                  "a number of seconds in (0, 1e7], or None for episodes only")
+        checkpoint_seconds = float(checkpoint_seconds)
+    return int(checkpoint_every), checkpoint_seconds
+
+
+def _now() -> float:
+    """The clock of the wall-time checkpoints (seconds, monotonic)."""
+    return time.monotonic()
+
+
+def _restored_best(state: TrainState) -> dict[str, Any] | None:
+    """The checkpoint's own best as a run-store row (None before any episode)."""
+    if not math.isfinite(state.best):
+        return None
+    # a checkpoint older than ``best_episode``: its best is among the episodes it covers
+    episode = state.best_episode if state.best_episode >= 0 else max(state.episode - 1, 0)
+    return {"ergotropy": state.best, "episode": episode, "protocol": state.best_protocol,
+            "trajectory": state.best_trajectory}
+
+
 def train(agent: Any, env: Any, *, store: RunStore | None = None, run: str = "run",
           config: dict[str, Any] | None = None, checkpoint: str | Path | None = None,
-          checkpoint_every: int = 200, progress: bool = True,
-          stop: Callable[[TrainState], bool] | None = None) -> TrainState:
+          checkpoint_every: int = 200, checkpoint_seconds: float | None = CHECKPOINT_SECONDS,
+          progress: bool = True, stop: Callable[[TrainState], bool] | None = None) -> TrainState:
     """Train ``agent`` on the adapted env ``env`` (:class:`ChargingEpisodes`, :class:`GymEpisodes`)
     for ``agent.cfg.total_steps`` environment steps; the one loop for every agent.
 
-    store/run:        where episodes go (return, the env's figures, best-so-far)
-    checkpoint:       file to resume from (if present) and to write every
-                      ``checkpoint_every`` episodes and at the end
-    stop:             optional early stop, called after each round of episodes
+    store/run:          where episodes go (return, the env's figures, best-so-far)
+    checkpoint:         file to resume from (if present) and to write every
+                        ``checkpoint_every`` episodes, every ``checkpoint_seconds`` of wall
+                        time (checked after each round of episodes; None: episodes only) and
+                        at the end. Resuming replays the episodes after the checkpoint: the
+                        store drops them and takes the checkpoint's own best back.
+    stop:               optional early stop, called after each round of episodes
     Returns the final :class:`TrainState`.
     """
+    checkpoint_every, checkpoint_seconds = check_checkpoint_interval(checkpoint_every, checkpoint_seconds)
     cfg = agent.cfg
     n_envs = env.n_envs
     replay = getattr(agent, "uses_replay", True)
@@ -275,7 +320,11 @@ def train(agent: Any, env: Any, *, store: RunStore | None = None, run: str = "ru
         state = load_checkpoint(checkpoint, agent, buffer, env)
     if store is not None:
         store.start_run(run, config or {})
-        store.truncate(run, state.episode - 1)      # episodes after the checkpoint are replayed
+        # episodes after the checkpoint are replayed; the best is the checkpoint's own
+        store.truncate(run, state.episode - 1, _restored_best(state))
+        precision = getattr(agent, "precision_info", None)
+        if precision is not None:                    # what this process runs (auto: its probe)
+            store.annotate(run, precision=precision)
     env.prepare(agent)
     env.n_step = state.step
 
@@ -285,6 +334,7 @@ def train(agent: Any, env: Any, *, store: RunStore | None = None, run: str = "ru
         bar = tqdm(total=cfg.total_steps, initial=state.step, desc=run, unit="step",
                    mininterval=2.0, dynamic_ncols=True)
     t0, last_ckpt = time.perf_counter(), state.episode
+    last_ckpt_time = _now()
     wall0 = state.wall
     stats: dict[str, float] = {}
     observe = getattr(agent, "observe", None)
@@ -323,9 +373,11 @@ def train(agent: Any, env: Any, *, store: RunStore | None = None, run: str = "ru
         if bar is not None:
             bar.update(state.step - steps0)
             bar.set_postfix(**env.postfix(rows[-1], state, stats), refresh=False)
-        if checkpoint is not None and state.episode - last_ckpt >= checkpoint_every:
+        if checkpoint is not None and (
+                state.episode - last_ckpt >= checkpoint_every
+                or (checkpoint_seconds is not None and _now() - last_ckpt_time >= checkpoint_seconds)):
             save_checkpoint(checkpoint, agent, buffer, state, env)
-            last_ckpt = state.episode
+            last_ckpt, last_ckpt_time = state.episode, _now()
         if stop is not None and stop(state):
             break
     if bar is not None:
@@ -337,14 +389,15 @@ def train(agent: Any, env: Any, *, store: RunStore | None = None, run: str = "ru
 
 def train_off_policy(agent: Any, env: Any, *, store: RunStore | None = None, run: str = "run",
                      config: dict[str, Any] | None = None, checkpoint: str | Path | None = None,
-                     checkpoint_every: int = 200, progress: bool = True,
-                     stop: Callable[[TrainState], bool] | None = None) -> TrainState:
+                     checkpoint_every: int = 200, checkpoint_seconds: float | None = CHECKPOINT_SECONDS,
+                     progress: bool = True, stop: Callable[[TrainState], bool] | None = None) -> TrainState:
     """Train ``agent`` on the charging vector env ``env`` for ``agent.cfg.total_steps`` steps:
     :func:`train` with :class:`ChargingEpisodes`.
 
     store/run:        where episodes go (return, terminal energy and ergotropy, best-so-far)
     checkpoint:       file to resume from (if present) and to write every
-                      ``checkpoint_every`` episodes and at the end
+                      ``checkpoint_every`` episodes, every ``checkpoint_seconds`` of wall
+                      time (default 60 s; None: episodes only) and at the end
     stop:             optional early stop, called after each round of episodes
     Returns the final :class:`TrainState`.
 
@@ -355,7 +408,8 @@ def train_off_policy(agent: Any, env: Any, *, store: RunStore | None = None, run
     """
     adapter = env if isinstance(env, (ChargingEpisodes, GymEpisodes)) else ChargingEpisodes(env)
     return train(agent, adapter, store=store, run=run, config=config, checkpoint=checkpoint,
-                 checkpoint_every=checkpoint_every, progress=progress, stop=stop)
+                 checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
+                 progress=progress, stop=stop)
 
 
 def deterministic_episode(agent: Any, env: Any) -> dict[str, Any]:
