@@ -36,10 +36,14 @@ MAX_MESSAGE_BYTES = 64 << 20        # 64 MiB of frames in all
 MAX_ARRAYS = 16
 MAX_NDIM = 4
 MAX_PING_IDS = 256
+#: deepest nesting of JSON arrays/objects in a header (the header object itself is level 1)
+MAX_DEPTH = 32
+#: frames a request may have: signature, header, and one per array
+MAX_FRAMES = 2 + MAX_ARRAYS
 
 #: Message types. Requests (client → server) and the replies they get.
-REQUEST_TYPES = ("hello", "describe", "run", "ping")
-REPLY_TYPES = ("hello", "describe", "result", "pong", "error")
+REQUEST_TYPES = ("hello", "describe", "run", "ping", "lock", "unlock")
+REPLY_TYPES = ("hello", "describe", "result", "pong", "error", "lock", "unlock")
 #: dtypes allowed on the wire (little-endian); anything else is refused.
 DTYPES = {"float64": "<f8", "int64": "<i8", "complex128": "<c16", "uint8": "|u1"}
 
@@ -59,6 +63,8 @@ ERROR_CODES: dict[str, tuple[str, bool]] = {
     "unsupported": ("valid, but this device cannot do it", False),
     "id_reused": ("a request id was reused for a different request", False),
     "busy": ("the server's queue is full", True),
+    "locked": ("the experiment lock is held by another owner, or the server needs it taken first", False),
+    "bad_lock_key": ("a forced unlock with a wrong emergency key", False),
     "device_fault": ("the device failed; it was put in its safe state", True),
     "internal": ("unexpected server error", True),
     # raised by the client only, never sent
@@ -77,6 +83,8 @@ class BridgeError(QhilError):
         self.code = code
         self.retryable = bool(retryable)
         self.parameter = parameter
+        #: the id of the request that caused it, where known (set by :func:`decode`)
+        self.request_id: str | None = None
         super().__init__(f"[{code}] {message}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,6 +172,7 @@ def _array_frames(arrays: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.SNDMORE)
 _EVENTS = int(zmq.EVENTS)
+_RCVMORE = int(zmq.RCVMORE)
 _POLLIN = int(zmq.POLLIN)
 _COPY_BELOW = 1 << 16     # pyzmq's own copy threshold: smaller frames are copied anyway
 
@@ -212,15 +221,73 @@ def encode_json_body(type: str, id: str, body_json: str, arrays: dict[str, Any] 
 
 def peek_id(frames: list[bytes]) -> str | None:
     """The request id of a message that failed to decode, when one can be recovered (for the
-    error reply); None otherwise."""
+    error reply); None otherwise. Never raises. (:func:`decode` already puts the id it read on
+    the error it raises, as ``request_id``; this is for callers that only have the frames.)"""
     try:
         if len(frames) >= 2 and len(frames[1]) <= MAX_HEADER_BYTES:
-            h = _DECODER.decode(bytes(frames[1]).decode("utf-8"))
+            h = _load_header(bytes(frames[1]))
             if isinstance(h, dict) and isinstance(h.get("id"), str) and _ID.match(h["id"]):
                 return h["id"]
-    except (ValueError, UnicodeDecodeError):
+    except Exception:      # BridgeError, and anything else: no id
         pass
     return None
+
+
+# Nesting depth of a header, checked without recursion. Strings are cut out first (a bracket
+# inside a string does not nest); in valid JSON a quote inside a string is always escaped.
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*+"')
+_BRACKET = np.zeros(256, dtype=np.int8)
+_BRACKET[[ord("["), ord("{")]] = 1
+_BRACKET[[ord("]"), ord("}")]] = -1
+
+
+def json_depth(text: bytes) -> int:
+    """Deepest nesting of arrays and objects in the (valid) JSON ``text``: 0 for a scalar,
+    1 for ``{}`` or ``[1]``, 2 for ``{"a": []}``."""
+    skeleton = np.frombuffer(_STRING.sub(b"", text), dtype=np.uint8)
+    if not skeleton.size:
+        return 0
+    return int(np.cumsum(_BRACKET[skeleton], dtype=np.int64).max())
+
+
+def _load_header(raw: bytes) -> Any:
+    """Decode a header, refusing nesting deeper than :data:`MAX_DEPTH` without ever recursing
+    that deep: a header with at most MAX_DEPTH brackets in all (almost every header; two
+    ``bytes.count`` calls) cannot nest deeper, so only the rest is scanned (:func:`json_depth`,
+    after the decoder, which stops by itself at the interpreter's recursion limit)."""
+    try:
+        header = _DECODER.decode(raw.decode("utf-8"))
+    except RecursionError:
+        raise error("bad_request", f"header nests arrays/objects deeper than {MAX_DEPTH} levels",
+                    "header") from None
+    except ValueError as exc:    # (UnicodeDecodeError is a ValueError)
+        raise error("bad_frame", f"header is not UTF-8 JSON ({exc})") from None
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and json_depth(raw) > MAX_DEPTH:
+        exc = error("bad_request", f"header nests arrays/objects deeper than {MAX_DEPTH} levels",
+                    "header")
+        exc.request_id = _id_of(header)
+        raise exc
+    return header
+
+
+def _id_of(header: Any) -> str | None:
+    mid = header.get("id") if isinstance(header, dict) else None
+    return mid if isinstance(mid, str) and _ID.match(mid) else None
+
+
+def recv_frames(sock: zmq.Socket, max_frames: int = 1 + MAX_FRAMES) -> tuple[list, int]:
+    """Receive one multipart message without blocking (``zmq.Again`` if none): (the first
+    ``max_frames`` frames, the number of frames beyond them, which are received and dropped,
+    so that a message of a million empty frames costs no memory)."""
+    frames = [sock.recv(_NOBLOCK, copy=False)]
+    extra = 0
+    while _getsockopt(sock, _RCVMORE):
+        f = sock.recv(_NOBLOCK, copy=False)
+        if len(frames) < max_frames:
+            frames.append(f)
+        else:
+            extra += 1
+    return frames, extra
 
 
 _VERSION = re.compile(r"^\d+\.\d+$")
@@ -241,24 +308,34 @@ def check_version(v: Any) -> None:
 def decode(frames: list[bytes], types: tuple[str, ...] = REQUEST_TYPES,
            max_bytes: int = MAX_MESSAGE_BYTES, max_header: int = MAX_HEADER_BYTES) -> Message:
     """Parse and validate frames (without the ROUTER identity). Raises :class:`BridgeError`
-    with code bad_frame / too_large / version_mismatch / bad_request / unknown_type."""
+    with code bad_frame / too_large / version_mismatch / bad_request / unknown_type, and
+    ``request_id`` set to the header's id where it could be read (else None). Never raises
+    anything else, and never recurses deeper than :data:`MAX_DEPTH` on a header."""
     if len(frames) < 2 or frames[0] != SIGNATURE:
         raise error("bad_frame", f"expected frames [{SIGNATURE!r}, header, arrays...], got "
                     f"{len(frames)} frame(s) starting {bytes(frames[0][:8]) if frames else b''!r}")
     total = sum(map(len, frames))
-    if total > max_bytes:
-        raise error("too_large", f"message has {total} bytes, limit {max_bytes}")
-    if len(frames[1]) > max_header:
-        raise error("too_large", f"header has {len(frames[1])} bytes, limit {max_header}")
+    if len(frames[1]) > max_header:      # (before the total: the id of an over-size header is not read)
+        raise error("too_large", f"header has {len(frames[1])} bytes, limit {max_header}", "header")
+    header = _load_header(bytes(frames[1]))
+    mid = _id_of(header)
     try:
-        header = _DECODER.decode(bytes(frames[1]).decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:    # (UnicodeDecodeError is a ValueError)
-        raise error("bad_frame", f"header is not UTF-8 JSON ({exc})") from None
+        return _decode_header(header, mid, frames, types, total, max_bytes)
+    except BridgeError as exc:
+        exc.request_id = mid
+        raise
+    except Exception as exc:         # pragma: no cover - a bug: still a clean error
+        raise error("bad_frame", f"undecodable message ({type(exc).__name__})") from None
+
+
+def _decode_header(header: Any, mid: str | None, frames: list, types: tuple[str, ...], total: int,
+                   max_bytes: int) -> Message:
     if not isinstance(header, dict):
         raise error("bad_frame", "header must be a JSON object")
+    if total > max_bytes:
+        raise error("too_large", f"message has {total} bytes, limit {max_bytes}")
     check_version(header.get("v"))
-    mid = header.get("id")
-    if not isinstance(mid, str) or not _ID.match(mid):
+    if mid is None:
         raise error("bad_request", "header.id must be 1-64 characters of [A-Za-z0-9_.:-]", "id")
     mtype = header.get("type")
     if mtype not in types:
@@ -274,7 +351,7 @@ def decode(frames: list[bytes], types: tuple[str, ...] = REQUEST_TYPES,
         raise error("bad_frame", f"header declares {len(specs)} array(s) but {len(frames) - 2} frame(s) follow")
     arrays: dict[str, np.ndarray] = {}
     for spec, raw in zip(specs, frames[2:]):
-        name, arr = _array(spec, raw)
+        name, arr = _array(spec, raw, max_bytes)
         if name in arrays:
             raise error("bad_request", f"array {name!r} appears twice", "arrays")
         arrays[name] = arr
@@ -284,7 +361,7 @@ def decode(frames: list[bytes], types: tuple[str, ...] = REQUEST_TYPES,
 _SPEC_KEYS = {"name", "dtype", "shape"}
 
 
-def _array(spec: Any, raw: bytes) -> tuple[str, np.ndarray]:
+def _array(spec: Any, raw: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> tuple[str, np.ndarray]:
     if not isinstance(spec, dict) or spec.keys() != _SPEC_KEYS:
         raise error("bad_request", "each header.arrays entry must be {name, dtype, shape}", "arrays")
     name, dt, shape = spec["name"], spec["dtype"], spec["shape"]
@@ -294,8 +371,9 @@ def _array(spec: Any, raw: bytes) -> tuple[str, np.ndarray]:
     if dtype is None:
         raise error("bad_request", f"array {name!r}: dtype {dt!r} not allowed", f"arrays.{name}.dtype")
     if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(
-            type(s) is int and s >= 0 for s in shape):       # (JSON gives int or bool; bool is refused)
-        raise error("bad_request", f"array {name!r}: shape must be ≤{MAX_NDIM} non-negative ints",
+            type(s) is int and 0 <= s <= max_bytes for s in shape):   # (JSON gives int or bool; bool is refused)
+        raise error("bad_request", f"array {name!r}: shape must be ≤{MAX_NDIM} non-negative ints "
+                    f"(each ≤ {max_bytes})",
                     f"arrays.{name}.shape")
     n = math.prod(shape) * dtype.itemsize
     if n != len(raw):

@@ -20,22 +20,24 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import math
 import os
 import queue
 import re
+import secrets
 import sqlite3
 import threading
 import time
 from collections import OrderedDict, deque
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import zmq
 
-from qhil.drivers import MeasurementSchedule
+from qhil.drivers import MeasurementSchedule, ValidationError
 from qhil.drivers import wire
 from qhil.drivers.model import BOUND_TOLERANCE
 from qhil.drivers.pauli import estimate_from_counts, parse_pauli
@@ -44,7 +46,7 @@ from qhil.drivers.wire import BridgeError, Message, error
 from .device import PulseDevice
 
 SERVER_NAME = "qhil-lab"
-FEATURES = ["idempotent", "heartbeat", "prefix_replay", "run_log", "curve"]
+FEATURES = ["idempotent", "heartbeat", "prefix_replay", "run_log", "curve", "progress", "lock"]
 # ``seq`` is the rowid: the log never deletes, so it grows by one per run, as AUTOINCREMENT
 # would (which logs written before 2026-11 use; it costs a page write per commit).
 _SCHEMA = """
@@ -182,22 +184,73 @@ class RunLog:
             self._db.close()       # the last connection: checkpoints the WAL and removes it
 
 
-@lru_cache(maxsize=256)
-def _check_labels(labels: tuple[str, ...], n: int) -> None:
-    try:
-        for lab in labels:
-            parse_pauli(lab, n)
-    except Exception as exc:
-        raise error("bad_request", str(exc), "labels") from None
+class ValidatedCache:
+    """Keys that passed a check, bounded by entries AND by the summed size of the keys, so a
+    client can not grow it by sending big requests (issue 16: a cache of whole label lists
+    grew a server by 900 MB). A key larger than ``max_key`` is checked every time and never
+    stored. Only keys that passed are stored (a refused key raises before it is added)."""
+
+    def __init__(self, max_entries: int, max_key: int, max_total: int) -> None:
+        self.max_entries, self.max_key, self.max_total = max_entries, max_key, max_total
+        self._keys: OrderedDict[Any, int] = OrderedDict()
+        self.total = 0            # summed sizes of the stored keys
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def check(self, key: Any, size: int, check: Callable[[], None]) -> None:
+        """Run ``check()`` unless ``key`` passed before; remember it if it passes and fits."""
+        if size <= self.max_key:
+            with self._lock:
+                if key in self._keys:
+                    self._keys.move_to_end(key)
+                    return
+        check()
+        if size <= self.max_key:
+            with self._lock:
+                if key not in self._keys:
+                    self._keys[key] = size
+                    self.total += size
+                while len(self._keys) > self.max_entries or self.total > self.max_total:
+                    self.total -= self._keys.popitem(last=False)[1]
 
 
-@lru_cache(maxsize=256)
+#: labels lists (by their text: sum of label lengths + 8 per label) and schedules (JSON text) that passed
+LABEL_CACHE = ValidatedCache(max_entries=256, max_key=16_384, max_total=1 << 20)
+SCHEDULE_CACHE = ValidatedCache(max_entries=256, max_key=4096, max_total=256 << 10)
+#: at most this many labels per run (the header limit bounds them anyway)
+MAX_LABELS = 100_000
+#: a request id joined by at most this many retries while it is queued or running
+MAX_WAITERS = 64
+#: the server estimates its log's ``results`` in chunks of labels whose sign table (labels ×
+#: settings × 2^n float64) is at most this big, so that the estimator's cache (256 tables in
+#: qhil.drivers.pauli) stays below 64 MiB whatever clients send
+ESTIMATOR_TABLE_BYTES = 256 << 10
+
+
+def _check_labels(labels: list, n: int) -> None:
+    if len(labels) > MAX_LABELS or not all(isinstance(x, str) and len(x) <= 8 * n + 8 for x in labels):
+        raise error("bad_request", f"labels must be a list of at most {MAX_LABELS} Pauli labels", "labels")
+    key = (n, tuple(labels))
+
+    def check() -> None:
+        try:
+            for lab in labels:
+                parse_pauli(lab, n)
+        except Exception as exc:
+            raise error("bad_request", str(exc), "labels") from None
+    LABEL_CACHE.check(key, sum(map(len, labels)) + 8 * len(labels), check)
+
+
 def _check_schedule(text: str) -> None:
     """``text``: the schedule as JSON (a cache key: equal text, equal schedule)."""
-    try:
-        MeasurementSchedule.from_dict(json.loads(text))
-    except Exception as exc:
-        raise error("bad_request", f"schedule: {exc}", "schedule") from None
+    def check() -> None:
+        try:
+            MeasurementSchedule.from_dict(json.loads(text))
+        except Exception as exc:
+            raise error("bad_request", f"schedule: {exc}", "schedule") from None
+    SCHEDULE_CACHE.check(text, len(text), check)
 
 
 def _mark_replayed(frames: list) -> list:
@@ -210,8 +263,27 @@ def _mark_replayed(frames: list) -> list:
 #: the request digest: SHA-256 of this canonical JSON of the body, then the controls' bytes
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 _RUN_FIELDS = frozenset({"dt", "channels", "steps", "settings", "shots", "model", "match_model", "schedule",
-                         "labels", "seed"})
+                         "labels", "seed", "owner"})
 _SETTING = re.compile(r"[XYZ]+")
+_OWNER = re.compile(r"[A-Za-z0-9_.@:-]{1,64}\Z")
+
+
+def _estimate(data: np.ndarray, labels: list[str], settings: tuple[str, ...], n: int,
+              exact: bool) -> dict[str, Any]:
+    """The log's ``results``: each label's mean and standard error per measured step, from
+    chunks of labels whose sign table fits :data:`ESTIMATOR_TABLE_BYTES` (each label's
+    estimate depends on its own row only, so chunks give the same numbers)."""
+    per_label = len(settings) * 2 ** n * 8
+    if per_label > ESTIMATOR_TABLE_BYTES:
+        return {"labels": labels, "values": None, "stderr": None,
+                "note": f"not estimated: {len(settings)} settings × 2^{n} outcomes per label exceed "
+                        f"{ESTIMATOR_TABLE_BYTES} bytes; estimate from counts"}
+    chunk = ESTIMATOR_TABLE_BYTES // per_label
+    parts = [estimate_from_counts(data, tuple(labels[i:i + chunk]), settings, n)
+             for i in range(0, len(labels), chunk)]
+    values = np.concatenate([v for v, _ in parts], axis=-1)
+    stderr = np.zeros_like(values) if exact else np.concatenate([e for _, e in parts], axis=-1)
+    return {"labels": labels, "values": values.tolist(), "stderr": stderr.tolist()}
 
 
 class _Job:
@@ -222,14 +294,91 @@ class _Job:
             setattr(self, k, v)
 
 
+#: the smallest and largest ``max_message_bytes`` a server accepts
+MIN_MESSAGE_BYTES = 64 << 10
+MAX_MESSAGE_LIMIT = 1 << 30
+
+
+class AllowList:
+    """The CURVE allow-list: a folder of client public-key certificates (``*.key``), re-read
+    whenever it changes. Revoking a key = deleting (or moving away) its file:
+
+    * a NEW connection is checked by the ZAP handler (:meth:`callback`), which re-reads the
+      folder first if its listing changed: a deleted key is refused from that moment on;
+    * messages on an OPEN connection carry the client's key (ZMQ's ``User-Id``), which the
+      server checks with :meth:`allows`, re-reading the folder at most every ``interval``
+      seconds: a revoked client gets ``auth_refused`` errors within ``interval`` seconds
+      (default 1 s) of the deletion, and its requests are not run.
+    """
+
+    def __init__(self, folder: str | os.PathLike, interval: float = 1.0,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.folder = str(folder)
+        self.interval = float(interval)
+        self.log = log or (lambda s: None)
+        self._lock = threading.Lock()
+        self._signature: Any = None
+        self._checked = -float("inf")
+        self.keys: frozenset[str] = frozenset()       # z85 public keys
+        self.reloads = 0
+        self.refresh()
+
+    def _listing(self) -> Any:
+        try:
+            st = os.stat(self.folder)
+            return st.st_mtime_ns, tuple(sorted(
+                (e.name, e.stat().st_mtime_ns, e.stat().st_size)
+                for e in os.scandir(self.folder) if e.name.endswith(".key") and e.is_file()))
+        except OSError:
+            return None
+
+    def refresh(self) -> None:
+        """Re-read the folder if its listing (names, sizes, times) changed."""
+        import zmq.auth
+        with self._lock:
+            self._checked = time.monotonic()
+            sig = self._listing()
+            if sig == self._signature:
+                return
+            keys = set()
+            for name, _, _ in (sig[1] if sig else ()):
+                try:
+                    public, _ = zmq.auth.load_certificate(os.path.join(self.folder, name))
+                except Exception as exc:      # a broken file allows nobody
+                    self.log(f"allow-list: skipping {name}: {exc}")
+                    continue
+                if public:
+                    keys.add(public.decode("ascii"))
+            self.keys, self._signature = frozenset(keys), sig
+            self.reloads += 1
+            if sig is None:
+                self.log(f"allow-list folder {self.folder} is gone: every client is refused")
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """ZAP: may the client with z85 public ``key`` connect? (Each new connection.)"""
+        self.refresh()
+        return key.decode("ascii", "replace") in self.keys
+
+    def allows(self, user_id: str) -> bool:
+        """Is ``user_id`` (a z85 key, from a message's metadata) still allowed?"""
+        if time.monotonic() - self._checked >= self.interval:
+            self.refresh()
+        return user_id in self.keys
+
+
 class LabServer:
     """ROUTER server fronting one device. ``bind`` defaults to localhost only.
 
     run_log:           SQLite path (None: in memory, tests only).
     curve_secret_file: server certificate (``zmq.auth`` format, with its secret key); turns on
                        CURVE. ``allowed_keys``: folder of client public-key certificates.
-    max_message_bytes: requests larger than this get a ``too_large`` error.
-    cache_size:        replies kept in memory by request id (all are kept in the run log).
+    max_message_bytes: requests larger than this get a ``too_large`` error (at least
+                       :data:`MIN_MESSAGE_BYTES`); a single frame over 4 × this is dropped by
+                       ZeroMQ, which disconnects the peer.
+    cache_size:        replies kept in memory by request id (all are kept in the run log);
+                       ``cache_bytes``: and at most this many bytes of them.
+    allow_list_interval: with CURVE, seconds between re-reads of the allow-list folder for
+                       messages on open connections (new connections re-read it at once).
     crash_after:       fault injection for tests: exit the process right after logging the
                        N-th experiment, before replying.
     """
@@ -239,35 +388,57 @@ class LabServer:
                  curve_secret_file: str | os.PathLike | None = None,
                  allowed_keys: str | os.PathLike | None = None,
                  max_message_bytes: int = wire.MAX_MESSAGE_BYTES, cache_size: int = 1024,
+                 cache_bytes: int = 64 << 20, allow_list_interval: float = 1.0,
                  max_queue: int = 64, synchronous: str = "NORMAL", crash_after: int | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, require_lock: bool = False,
+                 lock_key: str | None = None) -> None:
         self.device = device
         self.bind = bind
         self.max_message_bytes = int(max_message_bytes)
+        if not MIN_MESSAGE_BYTES <= self.max_message_bytes <= MAX_MESSAGE_LIMIT:
+            raise ValidationError("max_message_bytes", f"{max_message_bytes} is out of range",
+                                  f"{MIN_MESSAGE_BYTES}..{MAX_MESSAGE_LIMIT}")
         self.cache_size = int(cache_size)
+        self.cache_bytes = int(cache_bytes)
+        self._done_bytes = 0
+        self.allow_list: AllowList | None = None
+        self._allow_list_interval = float(allow_list_interval)
         self.max_queue = int(max_queue)
         self.crash_after = crash_after
         self.log = log or (lambda s: None)
         self.runs = RunLog(run_log if run_log is not None else ":memory:", synchronous)
         self._done: OrderedDict[str, tuple[str, list]] = OrderedDict()
         self._state: dict[str, str] = {}           # id → "queued" | "running"
-        self._waiters: dict[str, set[bytes]] = {}
+        self._waiters: dict[str, list[bytes]] = {}   # id → one identity per copy awaiting a reply
         self._digests: dict[str, str] = {}          # digests of queued and running requests
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()   # C-level put/get: a cheaper hand-off
         self._outbox: deque = deque()                # finished jobs, worker → socket thread
         self._stop = threading.Event()
         self._rng = np.random.default_rng()
         self.executed = 0
+        self._init_lock_and_progress(require_lock, lock_key)
         self.ctx = zmq.Context()
         self._auth = None
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
         # Hard ceiling per frame (the peer is disconnected); the soft limit answers with an error.
-        self.sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.max_message_bytes + wire.MAX_HEADER_BYTES)
-        if curve_secret_file is not None:
-            self._setup_curve(curve_secret_file, allowed_keys)
-        self.sock.bind(bind)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.max_message_bytes)
+        try:
+            if curve_secret_file is not None:
+                self._setup_curve(curve_secret_file, allowed_keys)
+            self.sock.bind(bind)
+        except (zmq.ZMQError, OSError, ValueError) as exc:     # a clean error, nothing left open
+            self.sock.close(linger=0)
+            if self._auth is not None:
+                self._auth.stop()
+            self.ctx.term()
+            self.runs.close()
+            if isinstance(exc, ValidationError):
+                raise
+            which = "bind" if isinstance(exc, zmq.ZMQError) else "curve_secret_file"
+            raise ValidationError(which, f"{bind if which == 'bind' else curve_secret_file}: "
+                                  f"{getattr(exc, 'strerror', None) or exc}") from None
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._wake_addr = f"inproc://qhil-done-{id(self)}"
         self._wake = self.ctx.socket(zmq.PAIR)
@@ -284,13 +455,21 @@ class LabServer:
         import zmq.auth
         from zmq.auth.thread import ThreadAuthenticator
         if allowed is None or not Path(allowed).is_dir():
-            raise ValueError("CURVE needs a folder of allowed client public keys (allowed_keys)")
-        public, secret = zmq.auth.load_certificate(str(secret_file))
+            raise ValidationError("allowed_keys", "CURVE needs a folder of allowed client public keys",
+                                  "an existing folder")
+        try:
+            public, secret = zmq.auth.load_certificate(str(secret_file))
+        except (OSError, ValueError) as exc:
+            raise ValidationError("curve_secret_file", f"cannot read {secret_file}: {exc}") from None
         if secret is None:
-            raise ValueError(f"{secret_file} holds no secret key")
+            raise ValidationError("curve_secret_file", f"{secret_file} holds no secret key",
+                                  "a *.key_secret file from `qhil lab keygen`")
+        self.allow_list = AllowList(allowed, self._allow_list_interval, self.log)
         self._auth = ThreadAuthenticator(self.ctx)
         self._auth.start()
-        self._auth.configure_curve(domain="qhil", location=str(allowed))
+        # every new connection is checked against the folder as it is now (keys are revoked
+        # by deleting their file; see AllowList)
+        self._auth.configure_curve_callback(domain="qhil", credentials_provider=self.allow_list)
         self.sock.setsockopt(zmq.CURVE_SERVER, 1)
         self.sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
         self.sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
@@ -315,10 +494,13 @@ class LabServer:
                         if not wire.readable(self.sock):
                             break
                         try:
-                            frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                            frames, extra = wire.recv_frames(self.sock)
                         except zmq.Again:
                             break
-                        self._handle(frames)
+                        try:
+                            self._handle(frames, extra)
+                        except Exception as exc:     # pragma: no cover - the last line of defence
+                            self.log(f"unhandled error on a message: {exc!r}")
         finally:
             self._stop.set()
             self._jobs.put(None)
@@ -346,18 +528,29 @@ class LabServer:
     def _reply(self, ident: bytes, msg: Message) -> None:
         self._send(ident, wire.encode(msg))
 
-    def _handle(self, frames: list) -> None:
+    def _handle(self, frames: list, extra: int = 0) -> None:
+        """One message: ``frames`` = [identity, signature, header, arrays...] (the first
+        1 + wire.MAX_FRAMES; ``extra`` more were received and dropped)."""
         if len(frames) < 1:
             return
         ident = frames[0].bytes
         raw = [f.buffer for f in frames[1:]]
         try:
+            if extra:
+                raise error("bad_frame", f"{len(raw) + extra} frames; a message has at most "
+                            f"{wire.MAX_FRAMES} (signature, header, ≤{wire.MAX_ARRAYS} arrays)")
+            if self.allow_list is not None and len(frames) > 1 and not self.allow_list.allows(
+                    frames[1].get("User-Id")):
+                raise error("auth_refused", "this client's key is no longer in the server's allow-list")
             msg = wire.decode(raw, wire.REQUEST_TYPES, self.max_message_bytes)
         except Exception as exc:      # never die on a message
             if not isinstance(exc, BridgeError):
-                exc = error("bad_frame", f"undecodable message ({type(exc).__name__}: {exc})")
-            self.log(f"rejected message from {ident.hex()}: {exc}")
-            self._reply(ident, wire.error_message(wire.peek_id(raw), exc))
+                exc = error("bad_frame", f"undecodable message ({type(exc).__name__})")
+            try:
+                self.log(f"rejected message from {ident.hex()}: {exc}")
+            except Exception:         # pragma: no cover - a broken log callback
+                pass
+            self._reply(ident, wire.error_message(exc.request_id, exc))
             return
         try:
             if msg.type == "ping":
@@ -365,8 +558,9 @@ class LabServer:
                 if (not isinstance(ids, list) or len(ids) > wire.MAX_PING_IDS
                         or not all(isinstance(r, str) for r in ids)):
                     raise error("bad_request", f"requests must be a list of ≤{wire.MAX_PING_IDS} ids", "requests")
-                self._reply(ident, Message("pong", msg.id, {"states": {r: self._request_state(r) for r in ids},
-                                                            "queue": self._jobs.qsize(), "time": time.time()}))
+                self._reply(ident, Message("pong", msg.id, self._pong_body(ids)))
+            elif msg.type in ("lock", "unlock"):
+                self._reply(ident, Message(msg.type, msg.id, self._lock_request(msg, ident)))
             elif msg.type == "hello":
                 self._reply(ident, Message("hello", msg.id, self._hello()))
             elif msg.type == "describe":
@@ -387,6 +581,7 @@ class LabServer:
         d = self.device.describe()
         d["server"] = {**self._hello(), "max_message_bytes": self.max_message_bytes,
                        "executed": self.executed, "logged": self.runs.count()}
+        d["lock"] = self._lock_state()
         return d
 
     def _request_state(self, rid: str) -> str:
@@ -412,13 +607,20 @@ class LabServer:
         if msg.id in self._state:        # a retry of a queued or running request: join it
             if self._digests.get(msg.id) != job.digest:
                 raise error("id_reused", f"request id {msg.id} is in use for a different request")
-            self._waiters[msg.id].add(ident)
+            waiters = self._waiters[msg.id]
+            if len(waiters) >= MAX_WAITERS:
+                raise error("busy", f"request {msg.id} is already awaited by {MAX_WAITERS} copies; retry "
+                            "after its reply")
+            waiters.append(ident)         # each copy gets its own reply (same connection or not)
             return
+        self._check_lock(msg.body.get("owner"))      # new executions only (retries join above)
         if self._jobs.qsize() >= self.max_queue:
             raise error("busy", f"{self._jobs.qsize()} requests queued; retry later")
         self._state[msg.id] = "queued"
         self._digests[msg.id] = job.digest
-        self._waiters[msg.id] = {ident}
+        self._waiters[msg.id] = [ident]
+        self._submitted += 1
+        self._queued_seq[msg.id] = self._submitted
         self._jobs.put(job)
 
     def _deliver_finished(self) -> None:
@@ -437,11 +639,158 @@ class LabServer:
         self._digests.pop(rid, None)
         if ok:
             reply = [bytes(f) for f in reply]       # kept by id: immutable copies
-            self._done[rid] = (digest, reply)
-            while len(self._done) > self.cache_size:
-                self._done.popitem(last=False)
+            size = sum(map(len, reply))
+            if size <= self.cache_bytes:            # (a bigger one is answered from the run log)
+                old = self._done.pop(rid, None)
+                if old is not None:
+                    self._done_bytes -= sum(map(len, old[1]))
+                self._done[rid] = (digest, reply)
+                self._done_bytes += size
+                while len(self._done) > self.cache_size or self._done_bytes > self.cache_bytes:
+                    self._done_bytes -= sum(map(len, self._done.popitem(last=False)[1][1]))
         for ident in self._waiters.pop(rid, ()):
             self._send(ident, reply)
+
+    # -- progress and the experiment lock (socket thread; _started: worker) ------------
+    def _init_lock_and_progress(self, require_lock: bool, lock_key: str | None) -> None:
+        self.require_lock = bool(require_lock)
+        #: the emergency key of a forced unlock (``qhil lab serve`` writes it to a 0600 file)
+        self.lock_key = lock_key if lock_key else secrets.token_urlsafe(32)
+        self._lock_owner: str | None = None
+        self._lock_since: float | None = None
+        self._submitted = 0                         # runs queued so far (their sequence numbers)
+        self._queued_seq: dict[str, int] = {}       # queued id → sequence number
+        self._started_seq = 0                       # sequence number of the last started run
+        self._running: tuple[str, float, float, float] | None = None   # id, time, monotonic, estimate
+
+    def _started(self, job: _Job) -> None:
+        """Worker: ``job`` starts now (for pongs: its start and estimated duration)."""
+        self._started_seq = self._queued_seq.pop(job.id, self._started_seq + 1)
+        self._running = (job.id, time.time(), time.monotonic(), self._estimate(job))
+
+    def _estimate(self, job: _Job) -> float:
+        """The device's estimate of ``job``'s duration, seconds, from :meth:`PulseDevice.timing`
+        (the figures clients size their deadlines with)."""
+        try:
+            t = self.device.timing()
+            circuits = len(job.steps) * len(job.settings)
+            played = int(job.steps.sum()) * len(job.settings) * max(job.shots or 0, 1)
+            return float(t.get("overhead_s", 0.0) + t.get("solve_step_s", 0.0) * len(job.controls)
+                         + t.get("step_s", 0.0) * played + t.get("shot_s", 0.0) * circuits * (job.shots or 0))
+        except Exception:      # a device's timing() must never stop a run
+            return float("nan")
+
+    def _pong_body(self, ids: list[str]) -> dict[str, Any]:
+        """Each id's state, and its progress: for a queued run ``ahead`` (runs queued before it,
+        not counting the running one); for the running one ``started_at`` (Unix s),
+        ``elapsed_s``, ``estimated_s`` and, where the device tells (a ``progress()`` method
+        returning a fraction in [0, 1], which must not block), ``fraction``."""
+        states = {r: self._request_state(r) for r in ids}
+        progress: dict[str, dict[str, Any]] = {}
+        running = self._running
+        for r, st in states.items():
+            if st == "running" and running is not None and running[0] == r:
+                p: dict[str, Any] = {"started_at": running[1], "elapsed_s": time.monotonic() - running[2]}
+                if math.isfinite(running[3]):
+                    p["estimated_s"] = running[3]
+                f = self._fraction()
+                if f is not None:
+                    p["fraction"] = f
+                progress[r] = p
+            elif st == "queued":
+                seq = self._queued_seq.get(r)
+                if seq is not None:
+                    progress[r] = {"ahead": max(0, seq - self._started_seq - 1)}
+        return {"states": states, "queue": self._jobs.qsize(), "time": time.time(), "progress": progress}
+
+    def _fraction(self) -> float | None:
+        fn = getattr(self.device, "progress", None)
+        if not callable(fn):
+            return None
+        try:
+            f = fn()
+        except Exception:
+            return None
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0:
+            return None
+        return float(f)
+
+    def _lock_state(self) -> dict[str, Any]:
+        return {"required": self.require_lock, "locked": self._lock_owner is not None,
+                "owner": self._lock_owner, "since": self._lock_since}
+
+    def _lock_event(self, request_id: str, text: str) -> None:
+        """Lock events go to the server log and the run log's ``faults`` table ("lock: …")."""
+        self.log(f"lock: {text}")
+        try:
+            self.runs.fault(request_id, f"lock: {text}")
+        except Exception as exc:       # pragma: no cover - the lock works without the log
+            self.log(f"could not log a lock event: {exc!r}")
+
+    def _holder_text(self) -> str:
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self._lock_since or 0))
+        return f"{self._lock_owner!r} (since {since})"
+
+    def _check_lock(self, owner: Any) -> None:
+        """Refuse a new run unless its owner holds the lock (or nobody does and the server was
+        started without ``--lock``)."""
+        if owner is not None and not (isinstance(owner, str) and _OWNER.match(owner)):
+            raise error("bad_request", f"owner must be 1-64 characters of [A-Za-z0-9_.@:-], got {owner!r}",
+                        "owner")
+        holder = self._lock_owner
+        if holder is not None and owner != holder:
+            raise error("locked", f"the device is locked by {self._holder_text()}; runs from "
+                        f"{repr(owner) if owner else 'a client without an owner'} are refused until it is "
+                        "unlocked", "owner")
+        if holder is None and self.require_lock:
+            raise error("locked", "this server requires the experiment lock (qhil lab serve --lock): take "
+                        "it first (a lock request; ZmqBackend(owner=...).lock())", "owner")
+
+    def _lock_request(self, msg: Message, ident: bytes) -> dict[str, Any]:
+        """``lock`` {owner} and ``unlock`` {owner} or {force: true, key, owner?}: the lock's
+        state after the request, or an error (``locked`` naming the holder, ``bad_lock_key``)."""
+        b = msg.body
+        allowed = {"owner"} if msg.type == "lock" else {"owner", "force", "key"}
+        if not allowed.issuperset(b):
+            raise error("bad_request", f"unknown field(s) {sorted(set(b) - allowed)}", "body")
+        owner = b.get("owner")
+        if owner is not None and not (isinstance(owner, str) and _OWNER.match(owner)):
+            raise error("bad_request", f"owner must be 1-64 characters of [A-Za-z0-9_.@:-], got {owner!r}",
+                        "owner")
+        force = b.get("force", False)
+        if not isinstance(force, bool):
+            raise error("bad_request", "force must be true or false", "force")
+        holder = self._lock_owner
+        if msg.type == "lock":
+            if owner is None:
+                raise error("bad_request", "a lock request names its owner", "owner")
+            if holder is not None and holder != owner:
+                raise error("locked", f"the device is locked by {self._holder_text()}; ask them to unlock "
+                            "it (an operator can force it: qhil lab unlock --force)", "owner")
+            if holder is None:
+                self._lock_owner, self._lock_since = owner, time.time()
+                self._lock_event(msg.id, f"taken by {owner!r} (client {ident.hex()})")
+            return self._lock_state()
+        if force:
+            key = b.get("key")
+            if not isinstance(key, str) or not hmac.compare_digest(key.encode(), self.lock_key.encode()):
+                self._lock_event(msg.id, f"forced unlock refused: wrong key (client {ident.hex()})")
+                raise error("bad_lock_key", "wrong emergency unlock key (see the key file that "
+                            "`qhil lab serve` wrote)", "key")
+            if holder is not None:
+                self._lock_owner = self._lock_since = None
+                self._lock_event(msg.id, f"forced open (held by {holder!r}) by "
+                                 f"{repr(owner) if owner else 'an operator'} (client {ident.hex()})")
+            return self._lock_state()
+        if owner is None:
+            raise error("bad_request", "an unlock request names its owner (or forces with the key)", "owner")
+        if holder is not None and holder != owner:
+            raise error("locked", f"the lock is held by {self._holder_text()}; only its owner can unlock "
+                        "it (or an operator, with the emergency key: qhil lab unlock --force)", "owner")
+        if holder is not None:
+            self._lock_owner = self._lock_since = None
+            self._lock_event(msg.id, f"released by {owner!r} (client {ident.hex()})")
+        return self._lock_state()
 
     # -- validation (socket thread, before anything is queued) ------------------------
     def _validate(self, msg: Message) -> _Job:
@@ -523,11 +872,20 @@ class LabServer:
             if mine is not None and model != mine:
                 raise error("model_mismatch", f"this device runs {json.dumps(mine, sort_keys=True)}, the "
                             f"request names {json.dumps(model, sort_keys=True)}", "model")
+        # every allocation a run makes is bounded by the message limit (issue 16): the reply's
+        # array, and the log's results (len(steps) × len(labels) values and standard errors)
+        reply_bytes = len(steps) * len(settings) * 2 ** n * 8
+        if reply_bytes > self.max_message_bytes:
+            raise error("too_large", f"the reply would hold {reply_bytes} bytes of counts (len(steps) × "
+                        f"len(settings) × 2^{n} × 8), limit {self.max_message_bytes}", "steps")
         labels = b.get("labels")
         if labels is not None:
-            if not isinstance(labels, list) or len(labels) > 100_000 or not all(isinstance(x, str) for x in labels):
+            if not isinstance(labels, list):
                 raise error("bad_request", "labels must be a list of Pauli labels", "labels")
-            _check_labels(tuple(labels), n)
+            if len(steps) * len(labels) * 16 > self.max_message_bytes:
+                raise error("too_large", f"{len(steps)} steps × {len(labels)} labels of results exceed the "
+                            f"message limit {self.max_message_bytes} (16 bytes each)", "labels")
+            _check_labels(labels, n)
         if b.get("schedule") is not None:
             _check_schedule(json.dumps(b["schedule"], sort_keys=True))
         seed = b.get("seed")
@@ -548,6 +906,7 @@ class LabServer:
                 if job is None:
                     return
                 self._state[job.id] = "running"
+                self._started(job)
                 try:
                     done = (job.id, True, job.digest, self._execute(job))
                 except BridgeError as exc:
@@ -555,6 +914,7 @@ class LabServer:
                 except Exception as exc:
                     done = (job.id, False, None, wire.encode(wire.error_message(
                         job.id, error("internal", f"{type(exc).__name__}: {exc}"))))
+                self._running = None
                 self._outbox.append(done)
                 out.send(b"", copy=True)          # wake the socket thread
         finally:
@@ -593,10 +953,7 @@ class LabServer:
         results = None
         labels = job.body.get("labels")
         if labels:
-            values, stderr = estimate_from_counts(data, tuple(labels), job.settings, dev.n_qubits)
-            if job.shots is None:
-                stderr = np.zeros_like(stderr)
-            results = {"labels": labels, "values": values.tolist(), "stderr": stderr.tolist()}
+            results = _estimate(data, labels, job.settings, dev.n_qubits, job.shots is None)
         n_circ = len(job.steps) * len(job.settings)
         reps = job.shots or 1
         reply = {"device": dev.name, "steps": job.steps.tolist(), "settings": list(job.settings),
