@@ -1,28 +1,37 @@
-"""``qhil deploy``: run a protocol or a policy against a lab endpoint, logging every experiment.
+"""``qhil deploy``: put a trained policy, or a protocol, on a device and measure what it did.
 
-    qhil deploy --endpoint zmq://127.0.0.1:5555 --protocol protocol.json --dt 0.2 --shots 1000
-    qhil deploy --endpoint zmq://127.0.0.1:5555 --policy mypkg.policies:act --steps 28 --dt 0.2 \\
-                --regime energies --shots 1000 --log deploy.jsonl
+    qhil deploy --run runs/x --endpoint zmq://127.0.0.1:5555 --shots 1000      # the trained policy
+    qhil deploy --run runs/x --protocol best --endpoint zmq://…                  # its best explored protocol
+    qhil deploy --protocol docs/results/grape_env1.json --endpoint zmq://…       # a GRAPE result
+    qhil deploy --run runs/x --endpoint statevector --shots 1000                  # rehearse on a simulator
 
-Open loop: ``protocol.json`` holds the controls, a list (one value per step for one
-channel, or one list per step), or ``{"controls": [...], "dt": ...}``; it runs as one
-experiment measured by the schedule (``--regime``, ``--every``, ``--shots``).
+``--run RUN_DIR`` loads everything the run was trained with (model, regime, memory window,
+action bounds, τ, K, observation normalisation) from its run store and checkpoint. The
+device must match: a different model, channels, bounds or Δt is refused, naming the
+difference, unless ``--allow-mismatch model,channels,bounds,dt`` says otherwise.
 
-Closed loop: at each step k the state after controls[:k] is measured (a prefix replay on
-the device), the observation vector (the measured values, in label order) goes to the
-policy ``module:function`` (or ``path/to/file.py:function``), which returns the controls of
-step k (a number, or one per channel); it may also take keyword arguments ``step`` and
-``n_steps``. After the last step the final state is measured.
+Closed loop (a run's policy, or ``--policy module:function``): at each step k the state after
+controls[:k] is measured with the run's schedule and ``--shots`` (a prefix replay on the
+device), the observation goes to the deterministic policy, and its λ_k is played next.
+Open loop (``--protocol``): the protocol runs as one experiment measured every ``--every``
+steps. Either way the final state is then measured by local tomography (``--tomography-shots``,
+3^N settings) and the ergotropy estimated with its uncertainty
+(:mod:`qhil.envs.state_estimate`).
 
-Every executed experiment is appended to ``--log`` (JSON lines) with its request id.
+Written: a JSON summary (``--out``, else stdout) with the played protocol, the measured E_j
+per step, the tomography estimate, the simulator's prediction for the same model and the cost
+(experiments, shots, settings, prefix replays, device and wall seconds); a PNG (``--figure``);
+and every executed experiment as a JSON line (``--log``).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
 import inspect
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -30,27 +39,110 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .args import choice_list, float_in, int_in, json_object, output_file
+
+#: what ``--allow-mismatch`` may let through
+MISMATCH_KINDS = ("model", "channels", "bounds", "dt")
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("deploy", help="run a protocol or a policy on a lab endpoint")
-    p.add_argument("--endpoint", required=True, help="zmq://host:port")
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--protocol", help="open loop: JSON file of controls")
+    p = sub.add_parser("deploy", help="run a trained policy or a protocol on a device (or rehearse on a simulator)")
+    p.add_argument("--endpoint", required=True, help="zmq://host:port, or statevector | aer to rehearse")
+    p.add_argument("--run", type=Path, default=None, help="a `qhil train` run folder (--run-dir): its policy")
+    p.add_argument("--run-name", default=None, help="which run of that folder (default: the only one)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--protocol", help="open loop: a JSON file (controls list, {controls, dt} or a "
+                                         "`qhil grape` result), or `best` (the --run's best explored protocol)")
     what.add_argument("--policy", help="closed loop: module:function mapping an observation to controls")
-    p.add_argument("--steps", type=int, help="closed loop: number of steps")
-    p.add_argument("--dt", type=float, help="step length (1/ω_0); may come from the protocol file")
-    p.add_argument("--regime", default="energies", help="energies | first_order | second_order | labels,…")
-    p.add_argument("--every", type=int, default=1, help="open loop: measure every m-th step")
-    p.add_argument("--shots", type=int, default=1000, help="shots per setting; 0 = exact (emulator only)")
-    p.add_argument("--clip", action="store_true", help="closed loop: clip policy outputs to the bounds")
-    p.add_argument("--model-json", help="model (default: the one the device reports)")
-    p.add_argument("--log", default="qhil-deploy.jsonl", help="JSON-lines log of executed experiments")
-    p.add_argument("--out", help="write the summary JSON here (default: stdout)")
-    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--steps", type=int_in(1, 100_000), help="--policy: number of steps")
+    p.add_argument("--dt", type=float_in(0.0, 1e3, low_open=True),
+                   help="step length (1/ω_0); else from the run or the protocol file")
+    p.add_argument("--regime", default=None,
+                   help="--policy/--protocol: energies | first_order | second_order | tomography | labels,… "
+                        "(a run uses its own)")
+    p.add_argument("--every", type=int_in(1, 100_000), default=1, help="--protocol: measure every m-th step")
+    p.add_argument("--shots", type=int_in(0, 10_000_000), default=1000,
+                   help="shots per setting at each step; 0 = exact expectation values (emulator --allow-exact)")
+    p.add_argument("--tomography-shots", type=int_in(0, 10_000_000), default=None,
+                   help="shots per setting of the final tomography (default: --shots; 0 = exact)")
+    p.add_argument("--no-tomography", action="store_true", help="skip the final tomography")
+    p.add_argument("--allow-mismatch", type=choice_list(MISMATCH_KINDS), default=[],
+                   help="deploy although the device differs from the run in these: " + ",".join(MISMATCH_KINDS))
+    p.add_argument("--clip", action="store_true", help="--policy: clip its outputs to the bounds")
+    p.add_argument("--model-json", type=json_object, help="--policy/--protocol: the model (default: the device's)")
+    p.add_argument("--log", type=output_file, default=Path("qhil-deploy.jsonl"),
+                   help="JSON-lines log of executed experiments (appended)")
+    p.add_argument("--out", type=output_file, help="write the summary JSON here (default: stdout)")
+    p.add_argument("--figure", type=output_file, default=None,
+                   help="PNG of protocol, E_j and ergotropy (default: next to --out, else qhil-deploy.png)")
+    p.add_argument("--timeout", type=float_in(0.0, 86_400.0, low_open=True), default=10.0,
+                   help="zmq: seconds to wait beyond the job's estimate")
+    p.add_argument("--owner", default=None, help="zmq: owner name for a server started with --lock")
     p.add_argument("--server-key", help="CURVE: server public key file")
     p.add_argument("--client-cert", help="CURVE: this client's secret certificate file")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int_in(0, 2**63 - 1), default=None)
     p.set_defaults(func=cmd_deploy)
+
+
+# -- what is deployed ---------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+    """What ``qhil train`` recorded for one run: enough to rebuild its observation exactly."""
+
+    run_dir: Path
+    name: str
+    config: dict[str, Any]
+    battery: Any               # DickeBattery
+    regime: str
+    history: int | None
+    history_of: str
+    tau: float
+    n_steps: int
+    checkpoint: Path
+    best: dict[str, Any] | None
+
+    @property
+    def dt(self) -> float:
+        return self.tau / self.n_steps
+
+
+def load_run(run_dir: str | Path, name: str | None = None) -> TrainedRun:
+    """The run ``name`` (default: the only one) of a ``qhil train --run-dir`` folder."""
+    import qhil.envs  # noqa: F401  (registers the built-in models)
+    from qhil.agents.runstore import RunStore
+    from qhil.drivers import ValidationError, model_from_dict
+    from qhil.envs import ENVIRONMENTS, DickeBattery
+
+    from .train import checkpoint_path
+    run_dir = Path(run_dir)
+    db = run_dir / "runs.sqlite"
+    if not db.is_file():
+        raise ValidationError("run", f"{str(run_dir)!r} holds no run store (runs.sqlite)", "a `qhil train --run-dir` folder")
+    store = RunStore(db)
+    try:
+        runs = store.runs()
+        if name is None:
+            if len(runs) != 1:
+                raise ValidationError("run-name", f"{str(run_dir)!r} holds {len(runs)} runs", ", ".join(sorted(runs)) or "none")
+            name = next(iter(runs))
+        if name not in runs:
+            raise ValidationError("run-name", f"no run {name!r} in {str(run_dir)!r}", ", ".join(sorted(runs)))
+        best = store.best(name)
+    finally:
+        store.close()
+    cfg = runs[name]["config"]
+    if "model" in cfg:
+        battery = model_from_dict(cfg["model"])
+    elif cfg.get("env") in ENVIRONMENTS:        # runs recorded before the digital twin: a preset
+        battery = DickeBattery(omegas=ENVIRONMENTS[cfg["env"]])
+    else:
+        raise ValidationError("run", f"run {name!r} records no model", "a run recorded by `qhil train`")
+    ckpt = checkpoint_path(run_dir, name)
+    if not ckpt.is_file():
+        raise ValidationError("run", f"run {name!r} has no checkpoint {str(ckpt)!r}", "a run with a policy checkpoint")
+    return TrainedRun(run_dir, name, cfg, battery, cfg["regime"], cfg.get("history"),
+                      cfg.get("history_of") or "observations", float(cfg.get("tau", 5.6)),
+                      int(cfg.get("n_steps", 28)), ckpt, best)
 
 
 def load_policy(spec: str) -> Callable[..., Any]:
@@ -67,109 +159,460 @@ def load_policy(spec: str) -> Callable[..., Any]:
         else:
             module = importlib.import_module(mod)
         fn = getattr(module, attr)
-    except (ImportError, AttributeError, OSError) as exc:
+    except (ImportError, AttributeError, OSError, SyntaxError) as exc:
         raise ValidationError("policy", f"cannot load {spec!r} ({exc})") from None
     if not callable(fn):
         raise ValidationError("policy", f"{spec!r} is not callable")
     return fn
 
 
-def _schedule(args: argparse.Namespace, final_only: bool):
-    from qhil.drivers import MeasurementSchedule
-    from qhil.drivers.schedule import REGIMES
-    regime = args.regime if args.regime in REGIMES else tuple(x for x in args.regime.split(",") if x)
-    return MeasurementSchedule(regime, every=args.every, final_only=final_only,
-                               shots=args.shots if args.shots else None)
+def read_protocol(path: str | Path) -> tuple[np.ndarray, float | None, dict[str, Any] | None]:
+    """(controls (K,) or (K, C), dt or None, model dict or None) from a protocol file: a list,
+    ``{"controls": …, "dt": …}``, or a ``qhil grape`` result (``protocol``, ``tau``, ``n_steps``,
+    ``omegas``, ``n_max``)."""
+    from qhil.drivers import ValidationError
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ValidationError("protocol", f"cannot read {str(path)!r} ({exc.strerror or exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise ValidationError("protocol", f"{str(path)!r} is not JSON ({exc})") from None
+    model = None
+    if isinstance(doc, list):
+        controls, dt = doc, None
+    elif isinstance(doc, dict) and "protocol" in doc and "tau" in doc:        # a GRAPE result
+        controls = doc["protocol"]
+        steps = doc.get("n_steps", len(controls))
+        dt = float(doc["tau"]) / int(steps)
+        if "omegas" in doc:
+            model = {"kind": "dicke", "params": {"omegas": doc["omegas"], "n_max": doc.get("n_max")}}
+    elif isinstance(doc, dict) and "controls" in doc:
+        controls, dt = doc["controls"], doc.get("dt")
+    else:
+        raise ValidationError("protocol", f"{str(path)!r} holds no controls",
+                              "a list, {\"controls\": …, \"dt\": …} or a `qhil grape` result")
+    try:
+        arr = np.asarray(controls, dtype=float)
+    except (TypeError, ValueError):
+        raise ValidationError("protocol", f"{str(path)!r}: controls are not numbers") from None
+    if arr.ndim not in (1, 2) or arr.shape[0] < 1 or not np.all(np.isfinite(arr)):
+        raise ValidationError("protocol", f"{str(path)!r}: controls of shape {arr.shape}",
+                              "K ≥ 1 finite values, or K rows of one value per channel")
+    return arr, (None if dt is None else float(dt)), model
 
 
-class _Logger:
-    def __init__(self, path: str) -> None:
+# -- the device -----------------------------------------------------------------------------
+def device_mismatches(info: dict[str, Any], battery: Any, dt: float) -> dict[str, str]:
+    """How a lab device (its ``describe``) differs from ``battery`` played at step ``dt``:
+    {kind: what differs}, kinds from :data:`MISMATCH_KINDS`; empty when it matches."""
+    out: dict[str, str] = {}
+    mine = battery.to_dict()
+    theirs = info.get("model")
+    if theirs is not None:
+        diffs = []
+        if theirs.get("kind") != mine["kind"]:
+            diffs.append(f"kind: run {mine['kind']!r}, device {theirs.get('kind')!r}")
+        a, b = mine["params"], theirs.get("params") or {}
+        for k in sorted(set(a) | set(b)):
+            if not _same(a.get(k), b.get(k)):
+                diffs.append(f"{k}: run {a.get(k)!r}, device {b.get(k)!r}")
+        if diffs:
+            out["model"] = "; ".join(diffs)
+    chans = {c["name"]: c for c in info.get("channels", [])}
+    names = [c.name for c in battery.controls]
+    if sorted(names) != sorted(chans):
+        out["channels"] = f"run {names}, device {sorted(chans)}"
+    else:
+        bad = [f"{c.name}: run [{c.lower:g}, {c.upper:g}], device [{chans[c.name]['lower']:g}, "
+               f"{chans[c.name]['upper']:g}]" for c in battery.controls
+               if not (_same(c.lower, chans[c.name]["lower"]) and _same(c.upper, chans[c.name]["upper"]))]
+        if bad:
+            out["bounds"] = "; ".join(bad)
+    max_dt = (info.get("limits") or {}).get("max_dt")
+    device_dt = info.get("dt", (info.get("calibration") or {}).get("dt"))
+    if max_dt is not None and dt > max_dt:
+        out["dt"] = f"run Δt = {dt:g}, device allows at most {max_dt:g}"
+    elif device_dt is not None and not _same(dt, device_dt):
+        out["dt"] = f"run Δt = {dt:g}, device plays Δt = {device_dt:g}"
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=1e-15)
+    return a == b
+
+
+class RecordingBackend:
+    """A backend that hands every (experiment, result) to ``record`` and otherwise is ``backend``."""
+
+    def __init__(self, backend: Any, record: Callable[[Any, Any], None]) -> None:
+        self._backend, self._record = backend, record
+
+    def run(self, experiments: Any, *, seed: int | None = None) -> list[Any]:
+        from qhil.drivers import Experiment
+        batch = [experiments] if isinstance(experiments, Experiment) else list(experiments)
+        results = self._backend.run(batch, seed=seed)
+        for e, r in zip(batch, results):
+            self._record(e, r)
+        return results
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+
+class ExperimentLog:
+    """Appends every executed experiment to a JSON-lines file and adds up its cost."""
+
+    def __init__(self, path: Path) -> None:
         self.path = path
         self.count = 0
+        self.cost = {"experiments": 0, "circuits": 0, "settings": 0, "total_shots": 0, "played_steps": 0,
+                     "prefix_replays": 0, "device_s": 0.0}
+        self._device_s_known = True
+        self._file = open(path, "a")
 
     def __call__(self, experiment: Any, result: Any) -> None:
-        rec = {"time": time.time(), "request_id": result.metadata["bridge"]["request_id"],
-               "experiment": experiment.to_dict(), "steps": result.steps.tolist(),
-               "labels": list(result.labels), "values": result.values.tolist(),
-               "stderr": result.stderr.tolist(), "settings": list(result.settings),
+        bridge = result.metadata.get("bridge") or {}
+        rec = {"time": time.time(), "request_id": bridge.get("request_id"),
+               "driver": result.metadata.get("driver"), "experiment": experiment.to_dict(),
+               "steps": result.steps.tolist(), "labels": list(result.labels), "values": result.values.tolist(),
+               "stderr": result.stderr.tolist(), "settings": list(result.settings or ()),
                "counts": None if result.counts is None else result.counts.tolist(),
-               "bridge": result.metadata["bridge"], "cost": result.metadata.get("cost")}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
+               "bridge": bridge or None, "cost": result.metadata.get("cost")}
+        self._file.write(json.dumps(rec) + "\n")
+        self._file.flush()
         self.count += 1
+        c = experiment.cost()
+        self.cost["experiments"] += 1
+        self.cost["circuits"] += c.circuits
+        self.cost["settings"] += c.settings
+        self.cost["total_shots"] += c.total_shots
+        self.cost["played_steps"] += c.played_steps
+        self.cost["prefix_replays"] += c.circuits * max(c.shots_per_setting, 1)
+        if bridge.get("device_s") is not None:
+            self.cost["device_s"] += float(bridge["device_s"])
+        else:
+            self._device_s_known = False
+
+    def totals(self) -> dict[str, Any]:
+        out = dict(self.cost)
+        if not self._device_s_known:
+            out["device_s"] = None           # simulators report no device time
+        return out
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _open_backend(args: argparse.Namespace, check_model: bool) -> Any:
+    from qhil.drivers import create_backend
+    if not args.endpoint.startswith("zmq://"):
+        return create_backend(args.endpoint, seed=args.seed)
+    opts: dict[str, Any] = {"timeout": args.timeout, "check_model": check_model}
+    if args.server_key:
+        opts.update(server_key=args.server_key, client_cert=args.client_cert)
+    if args.owner is not None:
+        opts["owner"] = args.owner
+    return create_backend(args.endpoint, seed=args.seed, **opts)
+
+
+# -- deployment -------------------------------------------------------------------------------
+def _energies(battery: Any, records: list[tuple[Any, Any]]) -> dict[str, Any]:
+    """Measured E_j ± stderr at the last measured step of each recorded result (closed loop)
+    or every measured step of one result (open loop), as {steps, energies, stderr}."""
+    n = battery.n_qubits
+    steps, e, se = [], [], []
+    for _, r in records:
+        z = [f"Z{j}" for j in range(n)]
+        if not all(lab in r.labels for lab in z):
+            continue
+        cols = [r.labels.index(lab) for lab in z]
+        for i, k in enumerate(r.steps):
+            steps.append(int(k))
+            e.append(battery.tls_energies_from_z(r.values[i, cols]))
+            se.append(np.asarray(battery.omegas) / 2 * r.stderr[i, cols])
+    return {"steps": steps, "energies": np.asarray(e).tolist(), "stderr": np.asarray(se).tolist()}
+
+
+def simulate_protocol(battery: Any, controls: np.ndarray, dt: float) -> dict[str, Any]:
+    """The exact driver's E_j, E and ℰ after every step of ``controls`` on ``battery``."""
+    from qhil.drivers import Experiment, MeasurementSchedule, create_backend
+    with create_backend("statevector") as sv:
+        [res] = sv.run(Experiment(battery, controls, dt, MeasurementSchedule("energies")))
+    f = battery.figures_of_merit(res)
+    return {"steps": res.steps.tolist(), "energies": np.asarray(f["energies"]).tolist(),
+            "energy": np.asarray(f["energy"]).tolist(), "ergotropy": np.asarray(f["ergotropy"]).tolist()}
 
 
 def deploy(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``qhil deploy``; return the summary document."""
     import qhil.envs  # noqa: F401  (registers the built-in models)
-    from qhil.drivers import Experiment, ValidationError, create_backend, model_from_dict
-    opts: dict[str, Any] = {"timeout": args.timeout}
-    if args.server_key:
-        opts.update(server_key=args.server_key, client_cert=args.client_cert)
-    log = _Logger(args.log)
-    with create_backend(args.endpoint, seed=args.seed, **opts) as backend:
-        info = backend.describe()
-        if args.model_json:
-            model = model_from_dict(json.loads(args.model_json))
-        elif info.get("model"):
-            model = model_from_dict(info["model"])
-        else:
-            raise ValidationError("model-json", "the device reports no model; give one")
-        dt = args.dt
-        if args.protocol:
-            doc = json.loads(Path(args.protocol).read_text())
-            controls = doc["controls"] if isinstance(doc, dict) else doc
-            dt = dt if dt is not None else (doc.get("dt") if isinstance(doc, dict) else None)
-            if dt is None:
-                raise ValidationError("dt", "not given on the command line or in the protocol file")
-            exp = Experiment(model, controls, dt, _schedule(args, final_only=False))
-            [res] = backend.run(exp)
-            log(exp, res)
-            applied, final = exp.controls, res
-        else:
-            if not args.steps or args.steps < 1:
-                raise ValidationError("steps", "closed loop needs --steps ≥ 1")
-            if dt is None:
-                raise ValidationError("dt", "closed loop needs --dt")
-            policy = load_policy(args.policy)
-            kw = set(inspect.signature(policy).parameters)
-            sched = _schedule(args, final_only=True)
-            lo, hi, _ = model.control_bounds
-            applied = np.zeros((0, len(model.controls)))
-            for k in range(args.steps + 1):
-                exp = Experiment(model, applied, dt, sched)
-                [res] = backend.run(exp)
-                log(exp, res)
-                if k == args.steps:
-                    break
-                extra = {n: v for n, v in (("step", k), ("n_steps", args.steps)) if n in kw}
-                u = np.asarray(policy(res.values[-1].copy(), **extra), dtype=float).reshape(-1)
-                if u.size != len(model.controls):
-                    raise ValidationError("policy", f"returned {u.size} value(s) at step {k}",
-                                          f"{len(model.controls)} (channels {[c.name for c in model.controls]})")
-                if args.clip:
-                    u = np.clip(u, lo, hi)
-                applied = np.vstack([applied, u])
-            final = res
-    summary: dict[str, Any] = {"endpoint": args.endpoint, "model": model.to_dict(), "dt": dt,
-                               "controls": np.asarray(applied).tolist(), "experiments": log.count,
-                               "log": args.log, "labels": list(final.labels),
-                               "steps": final.steps.tolist(), "values": final.values.tolist(),
-                               "stderr": final.stderr.tolist()}
-    figs = getattr(model, "figures_of_merit", None)
-    if figs is not None:
-        f = figs(final)
-        if f.get("energy") is not None:
-            summary["energy"] = np.asarray(f["energy"]).tolist()
-    return summary
+    from qhil.drivers import ValidationError, model_from_dict
+    t_start = time.perf_counter()
+    run = load_run(args.run, args.run_name) if args.run is not None else None
+    if args.run_name is not None and run is None:
+        raise ValidationError("run-name", "given without --run", "--run RUN_DIR --run-name NAME")
+    if run is None and args.protocol is None and args.policy is None:
+        raise ValidationError("run", "nothing to deploy", "--run RUN_DIR, --protocol FILE or --policy module:function")
+    if args.protocol == "best" and run is None:
+        raise ValidationError("protocol", "`best` needs --run", "--run RUN_DIR --protocol best")
+    if args.policy is not None and run is not None:
+        raise ValidationError("policy", "--policy and --run both name a policy", "one of them")
+    if args.policy is not None and args.steps is None:
+        raise ValidationError("steps", "closed loop with --policy needs --steps", "an integer ≥ 1")
+    if run is not None and args.regime is not None and args.protocol is None:
+        raise ValidationError("regime", f"the run measures {run.regime!r}; a trained policy sees only its own "
+                              "observation", "omit --regime with --run")
+    shots = args.shots or None
+    tomo_shots = shots if args.tomography_shots is None else (args.tomography_shots or None)
+
+    # what is played, on which model, at which Δt
+    model, dt, controls, source = None, args.dt, None, None
+    if run is not None:
+        model, source = run.battery, {"run": str(run.run_dir), "run_name": run.name}
+        if dt is not None and not math.isclose(dt, run.dt, rel_tol=1e-12):
+            raise ValidationError("dt", f"{dt:g}, but the run was trained at Δt = τ/K = {run.dt:g}", f"{run.dt:g} or omit --dt")
+        dt = run.dt
+    if args.protocol == "best":
+        if not run.best or not run.best.get("protocol"):
+            raise ValidationError("protocol", f"run {run.name!r} has no best explored protocol yet")
+        controls, source = np.asarray(run.best["protocol"], dtype=float), {**source, "protocol": "best explored",
+                                                                            "best_explored": run.best["ergotropy"]}
+    elif args.protocol is not None:
+        controls, file_dt, file_model = read_protocol(args.protocol)
+        source = {**(source or {}), "protocol": str(args.protocol)}
+        if file_dt is not None and dt is not None and not math.isclose(file_dt, dt, rel_tol=1e-12):
+            raise ValidationError("dt", f"{dt:g}, but {args.protocol} gives Δt = {file_dt:g}", f"{file_dt:g}")
+        dt = dt if dt is not None else file_dt
+        if model is None and file_model is not None and args.model_json is None:
+            model = model_from_dict(file_model)
+    if args.model_json is not None:
+        if run is not None:
+            raise ValidationError("model-json", "a run deploys its own model", "omit --model-json with --run")
+        model = model_from_dict(args.model_json)
+    if dt is None:
+        raise ValidationError("dt", "not given on the command line, by the run or in the protocol file",
+                              "a step length in (0, 1000]")
+
+    log = ExperimentLog(args.log)
+    try:
+        allowed = set(args.allow_mismatch)
+        with _open_backend(args, check_model="model" not in allowed) as raw_backend:
+            info = raw_backend.describe() if args.endpoint.startswith("zmq://") else None
+            if model is None:
+                if info is None or not info.get("model"):
+                    raise ValidationError("model-json", "the device reports no model; give one")
+                model = model_from_dict(info["model"])
+            mismatch = device_mismatches(info, model, dt) if info is not None else {}
+            refused = {k: v for k, v in mismatch.items() if k not in allowed}
+            if refused:
+                raise ValidationError(
+                    ",".join(refused), "the device differs from what is deployed: "
+                    + "; ".join(f"[{k}] {v}" for k, v in refused.items()),
+                    "a matching device, or --allow-mismatch " + ",".join(refused))
+            backend = RecordingBackend(raw_backend, log)
+            doc: dict[str, Any] = {"endpoint": args.endpoint, "model": model.to_dict(), "dt": dt,
+                                   "shots": shots, "source": source, "mismatch_allowed": mismatch or None}
+            if controls is not None:
+                played, final = _open_loop(args, model, backend, controls, dt, shots)
+                doc["mode"] = "open loop"
+            elif run is not None:
+                played, final, doc["policy_prediction"] = _run_policy(args, run, backend, shots)
+                doc["mode"] = "closed loop (trained run, deterministic policy)"
+            else:
+                played, final = _callable_policy(args, model, backend, dt, shots)
+                doc["mode"] = "closed loop (--policy)"
+            doc["controls"] = np.asarray(played).tolist()
+            doc["measured"] = _energies(model, final)
+            if model.kind == "dicke":
+                doc["tomography"] = _final_tomography(args, model, backend, played, dt, tomo_shots, final)
+        doc["cost"] = {**log.totals(), "wall_s": time.perf_counter() - t_start}
+        if model.kind == "dicke":
+            doc["prediction"] = simulate_protocol(model, played, dt)
+        doc["log"] = str(args.log)
+    finally:
+        log.close()
+    return doc
+
+
+def _open_loop(args: argparse.Namespace, model: Any, backend: Any, controls: np.ndarray, dt: float,
+               shots: int | None) -> tuple[np.ndarray, list]:
+    from qhil.drivers import Experiment, MeasurementSchedule
+    schedule = MeasurementSchedule(_regime(args.regime or "energies", model), every=args.every, shots=shots)
+    exp = Experiment(model, controls, dt, schedule)
+    [res] = backend.run(exp, seed=args.seed)
+    return exp.controls, [(exp, res)]
+
+
+def _regime(text: str, model: Any) -> Any:
+    """A regime name, or comma-separated Pauli labels; E_j (the Z_j) are always measured."""
+    from qhil.drivers.schedule import OBSERVATION_SETS
+    if text in OBSERVATION_SETS:
+        return text
+    labels = tuple(x for x in text.split(",") if x)
+    if model.kind == "dicke":
+        labels += tuple(z for z in (f"Z{j}" for j in range(model.n_qubits)) if z not in labels)
+    return labels
+
+
+def _run_policy(args: argparse.Namespace, run: TrainedRun, backend: Any, shots: int | None
+                ) -> tuple[np.ndarray, list, dict[str, Any]]:
+    """The run's deterministic policy, closed loop on ``backend``, and the same policy on the
+    exact simulator of the run's model (the prediction)."""
+    from qhil.agents.selection import load_policy as load_agent
+    from qhil.agents.training import deterministic_episode
+    from qhil.drivers import create_backend
+
+    from .train import evaluation_env
+    steps: list[tuple[Any, Any]] = []
+    inner = RecordingBackend(backend, lambda e, r: steps.append((e, r)))
+    shape = {"tau": run.tau, "n_steps": run.n_steps}
+    env = evaluation_env(run.battery, run.regime, run.history, inner, run.history_of, weight=1.0, shots=shots,
+                         **shape)
+    env.seed(args.seed)
+    agent = load_agent(run.checkpoint, env.obs_dim, env.action_low, env.action_high)
+    ep = deterministic_episode(agent, env)
+    with create_backend("statevector") as sv:
+        sim_env = evaluation_env(run.battery, run.regime, run.history, sv, run.history_of, **shape)
+        sim = deterministic_episode(agent, sim_env)
+    played = np.asarray(ep["protocol"], dtype=float).reshape(-1, 1)
+    return played, steps, {"protocol": sim["protocol"], "ergotropy": sim["ergotropy"], "energy": sim["energy"]}
+
+
+def _callable_policy(args: argparse.Namespace, model: Any, backend: Any, dt: float, shots: int | None
+                     ) -> tuple[np.ndarray, list]:
+    from qhil.drivers import Experiment, MeasurementSchedule, ValidationError
+    policy = load_policy(args.policy)
+    kw = set(inspect.signature(policy).parameters)
+    sched = MeasurementSchedule(_regime(args.regime or "energies", model), final_only=True, shots=shots)
+    lo, hi, _ = model.control_bounds
+    applied = np.zeros((0, len(model.controls)))
+    steps: list[tuple[Any, Any]] = []
+    for k in range(args.steps + 1):
+        exp = Experiment(model, applied, dt, sched)
+        [res] = backend.run(exp, seed=None if args.seed is None else args.seed + k)
+        steps.append((exp, res))
+        if k == args.steps:
+            break
+        extra = {n: v for n, v in (("step", k), ("n_steps", args.steps)) if n in kw}
+        u = np.asarray(policy(res.values[-1].copy(), **extra), dtype=float).reshape(-1)
+        if u.size != len(model.controls):
+            raise ValidationError("policy", f"returned {u.size} value(s) at step {k}",
+                                  f"{len(model.controls)} (channels {[c.name for c in model.controls]})")
+        if args.clip:
+            u = np.clip(u, lo, hi)
+        applied = np.vstack([applied, u])
+    return applied, steps
+
+
+def _final_tomography(args: argparse.Namespace, model: Any, backend: Any, played: np.ndarray, dt: float,
+                      shots: int | None, final: list) -> dict[str, Any] | None:
+    """The ergotropy estimate from local tomography of the final state (the open-loop result's
+    own last step when it was measured in the tomography regime)."""
+    from qhil.drivers import Experiment, MeasurementSchedule
+    from qhil.envs.state_estimate import estimate_ergotropy
+    exp, res = final[-1]
+    if not (exp.schedule.observables == "tomography" and int(res.steps[-1]) == exp.n_steps):
+        if args.no_tomography:
+            return None
+        exp = Experiment(model, played, dt, MeasurementSchedule("tomography", final_only=True, shots=shots))
+        [res] = backend.run(exp, seed=None if args.seed is None else args.seed + 7919)
+    est = estimate_ergotropy(model, res, seed=args.seed if args.seed is not None else 0)
+    return {"ergotropy": est.to_dict(), "step": int(res.steps[-1]), "shots": shots, "text": str(est),
+            "energies": _energies(model, [(exp, res)])["energies"][-1]}
+
+
+# -- output -----------------------------------------------------------------------------------
+def plot_deployment(doc: dict[str, Any], path: Path) -> None:
+    """Three panels: the played protocol; measured E_j per step beside the simulator's; the
+    tomography ergotropy estimate beside the simulator's prediction."""
+    from . import pyplot
+    plt = pyplot()
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    u = np.asarray(doc["controls"], dtype=float).reshape(len(doc["controls"]), -1)
+    t = np.arange(len(u) + 1) * doc["dt"]
+    for c in range(u.shape[1]):
+        ax[0].stairs(u[:, c], t, label="played" if c == 0 else None, linewidth=1.8)
+    pred = doc.get("policy_prediction")
+    if pred:
+        ax[0].stairs(np.asarray(pred["protocol"]), t, linestyle="--", label="policy on the simulator")
+    ax[0].set(xlabel="t (1/ω₀)", ylabel="λ (ω₀)", title="protocol")
+    ax[0].legend(fontsize=8)
+    m = doc["measured"]
+    if m["steps"]:
+        e, se = np.asarray(m["energies"]), np.asarray(m["stderr"])
+        tk = np.asarray(m["steps"]) * doc["dt"]
+        for j in range(e.shape[1]):
+            ax[1].errorbar(tk, e[:, j], yerr=se[:, j], fmt="o", ms=3, label=f"E_{j} measured")
+    sim = doc.get("prediction")
+    if sim:
+        ts = np.asarray(sim["steps"]) * doc["dt"]
+        ax[1].plot(ts, np.asarray(sim["energies"]), "k-", linewidth=0.8)
+        ax[1].plot([], [], "k-", linewidth=0.8, label="simulator (played protocol)")
+    ax[1].set(xlabel="t (1/ω₀)", ylabel="E_j (ω₀)", title="qubit energies")
+    ax[1].legend(fontsize=7)
+    names, vals, errs = [], [], []
+    if doc.get("tomography"):
+        est = doc["tomography"]["ergotropy"]
+        names.append("device\n(tomography)")
+        vals.append(est["value"])
+        errs.append(1.96 * est["std"])
+    if sim:
+        names.append("simulator\n(played)")
+        vals.append(sim["ergotropy"][-1])
+        errs.append(0.0)
+    if pred:
+        names.append("simulator\n(policy)")
+        vals.append(pred["ergotropy"])
+        errs.append(0.0)
+    ax[2].errorbar(range(len(vals)), vals, yerr=errs, fmt="o", capsize=5)
+    ax[2].set_xticks(range(len(vals)), names, fontsize=8)
+    ax[2].set_xlim(-0.6, len(vals) - 0.4)
+    ax[2].set(ylabel="final ergotropy (ω₀)", title="ergotropy (95 % interval)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    raise TypeError(type(o).__name__)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    figure = args.figure or (args.out.with_suffix(".png") if args.out else Path("qhil-deploy.png"))
+    output_file(str(figure))                    # checked before any work
     doc = deploy(args)
-    text = json.dumps(doc)
+    doc["figure"] = str(figure)
+    plot_deployment(doc, figure)
+    text = json.dumps(doc, default=_json_default)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        args.out.write_text(text + "\n")
     else:
         sys.stdout.write(text + "\n")
+    c = doc["cost"]
+    m = doc["measured"]
+    lines = [f"deployed on {doc['endpoint']} ({doc['mode']}): {len(doc['controls'])} steps of Δt = {doc['dt']:g}"]
+    if m["steps"]:
+        e_final = np.sum(m["energies"][-1])
+        lines.append(f"  measured energy at k = {m['steps'][-1]}: {e_final:.4f} ω₀"
+                     + (f" (simulator, same protocol: {doc['prediction']['energy'][-1]:.4f})" if doc.get("prediction") else ""))
+    if doc.get("tomography"):
+        lines.append(f"  ergotropy from tomography: {doc['tomography']['text']}")
+    if doc.get("prediction"):
+        lines.append(f"  simulator's prediction for the played protocol: ℰ = {doc['prediction']['ergotropy'][-1]:.4f}")
+    if doc.get("policy_prediction"):
+        lines.append(f"  the same policy on the simulator: ℰ = {doc['policy_prediction']['ergotropy']:.4f}")
+    dev = "n/a (simulator)" if c["device_s"] is None else f"{c['device_s']:.2f} s"
+    lines.append(f"  cost: {c['experiments']} experiments, {c['settings']} settings, {c['total_shots']} shots, "
+                 f"{c['prefix_replays']} prefix replays ({c['played_steps']} steps played), device {dev}, "
+                 f"wall {c['wall_s']:.2f} s")
+    lines.append(f"  log {doc['log']}, figure {figure}" + (f", summary {args.out}" if args.out else ""))
+    print("\n".join(lines), file=sys.stderr)
     return 0

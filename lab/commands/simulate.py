@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from .args import float_in, int_in
+from .model_options import add_model_options, model_from_args
+
 
 def _floats(text: str) -> list[float]:
     try:
@@ -53,23 +56,17 @@ def _json_default(o: Any) -> Any:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("simulate", help="run one protocol on a backend and print the result")
-    s.add_argument("--model", choices=["dicke", "xy_chain"], default="dicke")
-    s.add_argument("--omegas", type=_floats, help="Dicke: TLS frequencies ω_j (default Env1)")
-    s.add_argument("--omega-c", type=float, default=1.0, help="Dicke: cavity frequency ω_c")
-    s.add_argument("--n-max", type=int, default=None, help="Dicke: photon cutoff (default: converged)")
-    s.add_argument("--coupling-bound", type=float, default=0.3, help="Dicke: |λ| bound")
-    s.add_argument("--n-spins", type=int, default=3, help="XY chain: N")
-    s.add_argument("--coupling", type=float, default=1.0, help="XY chain: J")
-    s.add_argument("--field-bound", type=float, default=5.0, help="XY chain: |B_n| bound")
-    s.add_argument("--dt", type=float, required=True, help="step length Δt (units of 1/ω_0)")
+    add_model_options(s, kinds=("dicke", "xy_chain"))
+    s.add_argument("--dt", type=float_in(0.0, 1e3, low_open=True), required=True,
+                   help="step length Δt in (0, 1000] (units of 1/ω_0)")
     s.add_argument("--controls", type=_controls, required=True,
                    help="'0.3,0.3,…' one value per step; '0.3*28' repeats; rows ';' for several channels; write --controls=-0.3,… when the first value is negative")
     s.add_argument("--backend", default="statevector", help="statevector | aer | zmq://host:port")
     s.add_argument("--regime", default="energies",
                    help="full_state | energies | first_order | second_order | tomography | comma-separated Pauli labels")
-    s.add_argument("--every", type=int, default=1, help="measure every m-th step")
-    s.add_argument("--shots", type=int, default=None, help="shots per setting (default: exact)")
-    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--every", type=int_in(1, 100_000), default=1, help="measure every m-th step")
+    s.add_argument("--shots", type=int_in(1, 10_000_000), default=None, help="shots per setting (default: exact)")
+    s.add_argument("--seed", type=int_in(0, 2**63 - 1), default=None)
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(func=cmd_simulate)
 
@@ -86,7 +83,7 @@ def simulate(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``qhil simulate``; return the JSON document."""
     from qhil.drivers import Experiment, MeasurementSchedule, create_backend
     from qhil.drivers.schedule import OBSERVATION_SETS
-    model = _model(args)
+    model, provenance = model_from_args(args)
     regime = args.regime if args.regime in OBSERVATION_SETS else tuple(x for x in args.regime.split(",") if x)
     schedule = MeasurementSchedule(regime, every=args.every, shots=args.shots)
     if model.kind == "dicke" and not schedule.full_state:   # energies E_j are always reported
@@ -105,6 +102,12 @@ def simulate(args: argparse.Namespace) -> dict[str, Any]:
                            "values": result.values, "stderr": result.stderr},
            "cost": result.metadata.get("cost"),
            "metadata": {k: v for k, v in result.metadata.items() if k not in ("cost", "model")}}
+    if model.kind == "dicke" and args.regime == "tomography":
+        from qhil.envs.state_estimate import estimate_ergotropy
+        est = estimate_ergotropy(model, result, seed=args.seed if args.seed is not None else 0)
+        doc["ergotropy_tomography"] = est.to_dict()      # from the measured counts alone
+    if provenance.get("source") == "endpoint":
+        doc["model_provenance"] = provenance
     if result.state is not None:
         doc["state"] = np.stack([result.state.real, result.state.imag], -1)
     return doc
@@ -124,6 +127,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print("  k      t  " + "  ".join(f"{k:>10s}" for k in keys))
     for i, (k, t) in enumerate(zip(doc["steps"], doc["times"])):
         print(f"{int(k):3d} {t:6.2f}  " + "  ".join(f"{float(doc[key][i]):10.6f}" for key in keys))
+    if "ergotropy_tomography" in doc:
+        from qhil.envs.state_estimate import ErgotropyEstimate
+        est = doc["ergotropy_tomography"]
+        print(f"ergotropy from tomography at k = {int(doc['steps'][-1])}: "
+              f"{ErgotropyEstimate(**{**est, 'interval': tuple(est['interval'])})}")
     print(f"cost: {doc['cost']}")
     return 0
 
