@@ -184,7 +184,9 @@ def read_protocol(path: str | Path) -> tuple[np.ndarray, float | None, dict[str,
         controls = doc["protocol"]
         steps = doc.get("n_steps", len(controls))
         dt = float(doc["tau"]) / int(steps)
-        if "omegas" in doc:
+        if isinstance(doc.get("model"), dict):
+            model = doc["model"]
+        elif "omegas" in doc:                                                  # written before the twin
             model = {"kind": "dicke", "params": {"omegas": doc["omegas"], "n_max": doc.get("n_max")}}
     elif isinstance(doc, dict) and "controls" in doc:
         controls, dt = doc["controls"], doc.get("dt")
