@@ -161,10 +161,13 @@ def test_prefix_cache_costs_one_step_and_is_exact(rng):
     u = rng.uniform(-0.3, 0.3, 10)
     sched = MeasurementSchedule("second_order", final_only=True)
     cached = create_backend("statevector")
-    for k in range(1, 11):
+    for k in range(0, 11):             # k = 0: the initial state, nothing to propagate
         before = cached.steps_propagated
         r_cached = cached.run(Experiment(model, u[:k], 0.2, sched))[0]
         assert cached.steps_propagated - before == (1 if k > 0 else 0)
+    again = cached.steps_propagated
+    cached.run(Experiment(model, u[:7], 0.2, sched))            # a prefix already cached: no step at all
+    assert cached.steps_propagated == again
     fresh = create_backend("statevector", cache_size=0).run(Experiment(model, u, 0.2, sched))[0]
     assert np.allclose(r_cached.values, fresh.values, atol=1e-13)
 
