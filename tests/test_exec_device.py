@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import json
+import os
 import sqlite3
 import stat
 import sys
@@ -395,3 +396,90 @@ def test_request_format(tmp_path):
                    "shots": 5, "model": MODEL.to_dict()}
     assert dump.read_bytes().isascii()       # non-ASCII (ω) is escaped: any JSON parser reads it
     assert np.array_equal(dev.levels, [0.3])
+
+
+def test_create_device_exec_spec(tmp_path):
+    from qhil.lab.device import create_device
+    dev = create_device(f"exec:{DEVICES / 'fail.sh'}", MODEL, timeout_s=5.0)
+    assert isinstance(dev, ExecDevice) and dev.timeout_s == 5.0 and dev.name == "exec:fail.sh"
+    with pytest.raises(ValidationError) as e:
+        create_device(f"exec:{tmp_path / 'nope'}", MODEL)
+    assert e.value.parameter == "device"
+
+
+# -- docs/devices.md: the examples there are the code's behaviour ---------------------------
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "devices.md"
+
+
+def _blocks(lang: str) -> list[str]:
+    parts = DOC.read_text().split("```")
+    return [p[len(lang) + 1:] for p in parts[1::2] if p.startswith(lang + "\n")]
+
+
+def test_docs_exchange_is_what_the_device_sends_and_the_emulator_answers():
+    request, reply = (json.loads(b) for b in _blocks("json")[:2])
+    dev = ExecDevice(MODEL, PY, args=[str(EMULATOR)], timeout_s=SLOW_START)
+    sent = dev.request(np.array(request["controls"]), request["dt"], np.array(request["steps"]),
+                       tuple(request["settings"]), request["shots"], request["seed"])
+    assert sent == request
+    from qhil.lab.exec_device import run_program
+    code, out, err, why = run_program([PY, str(EMULATOR)], json.dumps(request).encode(), SLOW_START, 1 << 20)
+    assert code == 0 and why is None, err
+    assert json.loads(out) == reply
+
+
+def test_docs_worked_example_runs(tmp_path):
+    [code] = [b for b in _blocks("python") if "class AwgDevice" in b]
+    ns: dict = {"__name__": "awg_device"}
+    exec(compile(code, str(DOC), "exec"), ns)
+    awg = ns["FakeAWG"]()
+    dev = ns["AwgDevice"](awg, ns["FakeDigitiser"](awg, rabi_hz_per_volt=2e6, seed=3), volts_per_unit=0.25,
+                          time_unit_s=1e-6)
+    u, shots, steps = np.full((5, 1), 0.4), 20_000, np.array([0, 3, 5])
+    counts = dev.execute(u, 0.2, steps, ("Z", "Y", "X"), shots, np.random.default_rng(0))
+    theta = 2 * np.pi * 2e6 * (0.4 * 0.25) * (0.2 * 1e-6) * steps        # rotation about x
+    p0 = np.stack([np.cos(theta / 2) ** 2, (1 - np.sin(theta)) / 2, np.full(3, 0.5)], axis=1)
+    assert np.max(np.abs(counts[:, :, 0] / shots - p0)) < 5 * np.sqrt(0.25 / shots)
+    assert counts.dtype == np.int64 and np.all(counts.sum(-1) == shots)
+    hot = ns["AwgDevice"](awg, ns["FakeDigitiser"](awg, 2e6, seed=4), volts_per_unit=0.6, time_unit_s=1e-6)
+    with serving(hot, tmp_path) as server:           # 0.6 V per unit: u = 1 is out of the AWG's range
+        raw = Raw(server)
+        try:
+            ok = raw.call(Message("run", "ok-1", {"dt": 0.2, "channels": ["drive"], "steps": [0, 2],
+                                                  "settings": ["Z", "X"], "shots": 50},
+                                  {"controls": np.array([[0.5], [0.5]])}))
+            assert ok.type == "result" and ok.arrays["counts"].shape == (2, 2, 2)
+            assert ok.body["calibration"] == {"volts_per_unit": 0.6, "time_unit_s": 1e-6}
+            assert awg.volts == 0.0 and hot.is_safe
+            bad = raw.call(Message("run", "bad-1", {"dt": 0.2, "channels": ["drive"], "steps": [1],
+                                                    "settings": ["Z"], "shots": 50},
+                                   {"controls": np.array([[1.0]])}))
+            assert bad.body["error"]["code"] == "device_fault" and "0.5 V output range" in bad.body["error"]["message"]
+            assert awg.volts == 0.0 and hot.is_safe and faults(server)[-1][0] == "bad-1"
+        finally:
+            raw.close()
+
+
+def test_docs_file_wrapper_for_matlab(tmp_path, monkeypatch):
+    """The wrapper script of the docs, with a stand-in `matlab` on PATH that chatters on stdout
+    (the wrapper sends that to stderr) and answers through the reply file."""
+    [wrapper] = [b for b in _blocks("bash") if "matlab -batch" in b]
+    script = tmp_path / "qhil-matlab.sh"
+    script.write_text(wrapper)
+    script.chmod(0o755)
+    fake = tmp_path / "bin" / "matlab"
+    fake.parent.mkdir()
+    fake.write_text("#!/usr/bin/env bash\n"
+                    "echo 'MATLAB is starting...'\n"
+                    "req=$(echo \"$2\" | sed \"s/^qhil_run('\\([^']*\\)', '\\([^']*\\)')$/\\1/\")\n"
+                    "rep=$(echo \"$2\" | sed \"s/^qhil_run('\\([^']*\\)', '\\([^']*\\)')$/\\2/\")\n"
+                    f"'{PY}' '{EMULATOR}' < \"$req\" > \"$rep\"\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    dev = ExecDevice(MODEL, script, timeout_s=SLOW_START, allow_exact=True)
+    p = dev.execute(CONTROLS[:4, None], DT, np.array([0, 2, 4]), ("ZZ", "YX"), None, np.random.default_rng(0))
+    ref = exact(CONTROLS[:4], MeasurementSchedule(("Z0", "Z1", "Z0Z1", "Y0X1"), every=2))
+    from qhil.drivers.pauli import estimate_from_counts
+    values, _ = estimate_from_counts(p, ref.labels, ("ZZ", "YX"), 2)
+    assert np.max(np.abs(values - ref.values)) < 1e-9
