@@ -271,7 +271,10 @@ class ExecDevice(ModelDevice):
         payload = json.dumps({"protocol": EXEC_PROTOCOL, **request}, allow_nan=False).encode("ascii")
         limit = min(self.max_output_bytes, _SLACK_BYTES + _BYTES_PER_NUMBER * expect_numbers)
         self.invocations += 1
-        code, out, err, why = run_program([self.program, *self.args], payload, self.timeout_s, limit)
+        try:
+            code, out, err, why = run_program([self.program, *self.args], payload, self.timeout_s, limit)
+        except OSError as exc:         # removed or made non-executable since construction
+            self._fault(f"{command}: could not start {self.program!r}: {exc}")
         tail = _tail(err)
         if why == "timeout":
             self._fault(f"{command}: no reply within timeout_s = {self.timeout_s:g} s; the program's "

@@ -282,6 +282,17 @@ def test_construction_errors(tmp_path):
         assert e.value.parameter == param
 
 
+def test_program_removed_after_construction(tmp_path):
+    prog = tmp_path / "gone.sh"
+    prog.write_text("#!/usr/bin/env bash\necho {}\n")
+    prog.chmod(0o755)
+    dev = ExecDevice(MODEL, prog, timeout_s=SLOW_START)
+    prog.unlink()
+    with pytest.raises(DeviceFault, match="run: could not start"):
+        _execute(dev)
+    assert dev.faults == 1
+
+
 def _reply_device(tmp_path: Path, reply, **kw) -> ExecDevice:
     path = tmp_path / "reply.json"
     path.write_text(reply if isinstance(reply, str) else json.dumps(reply))
