@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from qhil.drivers import set_threads
 from qhil.drivers.threads import default_threads
+from .precision import probe_precision
 from .sac_config import SACConfig
 
 __all__ = ["SAC", "SACConfig", "Actor", "SoftQ", "mlp"]
@@ -103,6 +104,12 @@ class SAC:
                  act_dim: int = 1, n_reward_terms: int = 2) -> None:
         self.cfg = config
         set_threads(torch=default_threads()["torch"])
+        #: the precision the updates run in, and why (recorded with the run and its checkpoints)
+        self.precision_info: dict[str, Any] = {"requested": config.precision, "chosen": config.precision}
+        if config.precision == "auto":      # probe once per process and shape, before seeding
+            probe = probe_precision(obs_dim + act_dim, tuple(config.hidden), int(config.batch_size))
+            self.precision_info = {"requested": "auto", "chosen": probe["chosen"], "probe": dict(probe)}
+        self.precision: str = self.precision_info["chosen"]
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
         self.obs_dim, self.act_dim, self.n_reward_terms = obs_dim, act_dim, n_reward_terms
@@ -162,9 +169,11 @@ class SAC:
         """One gradient step on critics, actor and temperature; then the Polyak update.
 
         With ``precision="bf16"`` the network layers run in bfloat16 under autocast (weights,
-        optimiser state and all losses stay float32): about 2× faster on CPUs with AVX-512 BF16.
+        optimiser state and all losses stay float32): about 2× faster on CPUs with AVX-512 BF16,
+        ~10× slower where bf16 is emulated (AVX2). ``"auto"`` picks one by a start-up probe
+        (:mod:`qhil.agents.precision`); :attr:`precision` is what runs.
         """
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             return self._update(batch, step)
 
     def _update(self, batch: dict[str, np.ndarray], step: int) -> dict[str, float]:
@@ -212,7 +221,8 @@ class SAC:
                 "log_alpha": self.log_alpha.detach().clone(), "actor_opt": self.actor_opt.state_dict(),
                 "q_opt": self.q_opt.state_dict(), "alpha_opt": self.alpha_opt.state_dict(),
                 "n_updates": self.n_updates, "rng": self.rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict()}
+                "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict(),
+                "precision": self.precision_info}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         for name in ("actor", "q1", "q2", "q1_targ", "q2_targ"):

@@ -92,7 +92,8 @@ def load_checkpoint(path: str | Path, agent: Any, buffer: ReplayBuffer | None, e
             pass
     diff = {} if saved is None or now is None else {
         k: (saved.get(k), now.get(k)) for k in set(saved) | set(now)
-        if saved.get(k) != now.get(k) and k != "total_steps"}          # a run may be extended
+        if saved.get(k) != now.get(k) and k != "total_steps"           # a run may be extended
+        and not (k == "precision" and "auto" in (saved.get(k), now.get(k)))}   # auto: any machine's choice
     if diff:
         raise ValueError(f"checkpoint {path} was written with other settings (saved, now): {diff}; "
                          "resume with the same options or use another run directory")
