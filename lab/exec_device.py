@@ -98,13 +98,21 @@ class ExecDevice(ModelDevice):
                  args: Sequence[str] = (), allow_exact: bool = False, safe_command: bool = False,
                  calibration_command: bool = False, max_output_bytes: int = 256 << 20,
                  timing: Mapping[str, float] | None = None) -> None:
+        if not isinstance(model, Model):
+            raise ValidationError("model", f"expected a qhil Model, got {type(model).__name__}",
+                                  "a Model (its channels and qubits are the device's)")
         self.model = model
         self.program = _resolve_program(program)
+        for flag, value in (("allow_exact", allow_exact), ("safe_command", safe_command),
+                            ("calibration_command", calibration_command)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValidationError(flag, f"expected true or false, got {value!r}", "true, false")
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) \
                 or not math.isfinite(timeout_s) or not 0 < timeout_s <= 86_400:
             raise ValidationError("timeout_s", f"expected seconds in (0, 86400], got {timeout_s!r}",
                                   "a number > 0 and ≤ 86400")
-        if isinstance(args, (str, bytes)) or not all(isinstance(a, str) for a in args):
+        if isinstance(args, (str, bytes)) or not isinstance(args, Sequence) \
+                or not all(isinstance(a, str) for a in args):
             raise ValidationError("args", f"expected a list of strings, got {args!r}", "a list of strings")
         if isinstance(max_output_bytes, bool) or not isinstance(max_output_bytes, int) \
                 or not 1024 <= max_output_bytes <= 1 << 34:
@@ -196,7 +204,8 @@ class ExecDevice(ModelDevice):
         """The ``run`` request sent to the program (see docs/devices.md)."""
         return {"protocol": EXEC_PROTOCOL, "command": "run", "n_qubits": self.n_qubits,
                 "bit_order": BIT_ORDER,
-                "channels": [{**c.to_dict(), "safe": min(max(0.0, c.lower), c.upper)} for c in self.channels],
+                "channels": [{"name": c.name, "lower": _finite_or_none(c.lower), "upper": _finite_or_none(c.upper),
+                              "units": c.units, "safe": min(max(0.0, c.lower), c.upper)} for c in self.channels],
                 "dt": float(dt), "controls": np.asarray(controls, dtype=float).tolist(),
                 "steps": [int(k) for k in steps], "settings": list(settings),
                 "shots": None if shots is None else int(shots), "seed": int(seed),
@@ -418,6 +427,11 @@ def _resolve_program(program: str | os.PathLike) -> str:
                               f"(chmod +x, or name its interpreter as the program and the file in args)",
                               allowed)
     return str(path.resolve())
+
+
+def _finite_or_none(x: float) -> float | None:
+    """A bound for the request: JSON has no infinity, so an unbounded side is null."""
+    return float(x) if math.isfinite(x) else None
 
 
 def _no_constant(name: str) -> None:

@@ -274,9 +274,14 @@ def test_construction_errors(tmp_path):
     plain.chmod(plain.stat().st_mode | stat.S_IXUSR)
     assert ExecDevice(MODEL, plain).program == str(plain.resolve())
     assert ExecDevice(MODEL, "bash").program.endswith("bash")           # looked up on PATH
+    with pytest.raises(ValidationError) as e:
+        ExecDevice({"kind": "dicke"}, plain)
+    assert e.value.parameter == "model"
     for kw, param in [({"timeout_s": 0}, "timeout_s"), ({"timeout_s": float("nan")}, "timeout_s"),
                       ({"args": "x"}, "args"), ({"args": [1]}, "args"), ({"max_output_bytes": 10}, "max_output_bytes"),
-                      ({"timing": {"overhead_s": -1}}, "timing"), ({"timing": {"other": 1}}, "timing")]:
+                      ({"timing": {"overhead_s": -1}}, "timing"), ({"timing": {"other": 1}}, "timing"),
+                      ({"args": 3}, "args"), ({"allow_exact": "no"}, "allow_exact"),
+                      ({"safe_command": 1}, "safe_command"), ({"calibration_command": None}, "calibration_command")]:
         with pytest.raises(ValidationError) as e:
             ExecDevice(MODEL, plain, **kw)
         assert e.value.parameter == param
@@ -407,6 +412,14 @@ def test_request_format(tmp_path):
                    "shots": 5, "model": MODEL.to_dict()}
     assert dump.read_bytes().isascii()       # non-ASCII (ω) is escaped: any JSON parser reads it
     assert np.array_equal(dev.levels, [0.3])
+    from qhil.drivers import ControlChannel
+
+    class Unbounded(ExecDevice):
+        channels = property(lambda self: (ControlChannel("coupling", -np.inf, np.inf),))
+
+    req = Unbounded(MODEL, echo).request(np.zeros((1, 1)), 0.1, np.array([1]), ("ZZ",), 5, 0)
+    assert req["channels"] == [{"name": "coupling", "lower": None, "upper": None, "units": "ω_0", "safe": 0.0}]
+    json.dumps(req, allow_nan=False)
 
 
 def test_create_device_exec_spec(tmp_path):
