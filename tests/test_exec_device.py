@@ -255,10 +255,14 @@ def test_faulty_program_behind_server(tmp_path, script, expect):
 
 def _alive(pid: int) -> bool:
     try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split(")")[-1].split()[0] != "Z"      # a zombie has exited
     except FileNotFoundError:
-        return False
+        return True                                               # no /proc: it exists
 
 
 # -- the device without a server: construction, replies, commands ---------------------------
