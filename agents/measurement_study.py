@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from qhil.drivers import MeasurementSchedule, REGIMES, ValidationError, create_backend
+from qhil.drivers.backend import SEED_MAX
 from qhil.envs import DickeBattery, ENVIRONMENTS, ChargingVectorEnv
 from qhil.envs.measurement import REWARD_MODES, custom_observables, episode_cost
 
@@ -106,8 +107,13 @@ class StudyConfig:
         if self.reward not in REWARD_MODES:
             raise ValidationError("reward", f"unknown reward mode {self.reward!r}", ", ".join(REWARD_MODES))
         MeasurementSchedule("energies", shots=self.shots)            # validates shots
-        if not (isinstance(self.total_steps, int) and 1 <= self.total_steps <= 10_000_000):
+        if self.tomography_shots is not None:
+            MeasurementSchedule("energies", shots=self.tomography_shots)
+        if isinstance(self.total_steps, bool) or not (isinstance(self.total_steps, int)
+                                                      and 1 <= self.total_steps <= 10_000_000):
             raise ValidationError("total_steps", f"{self.total_steps!r}", "an integer in [1, 10^7]")
+        if isinstance(self.seed, bool) or not (isinstance(self.seed, int) and 0 <= self.seed <= SEED_MAX):
+            raise ValidationError("seed", f"{self.seed!r}", f"an integer in [0, {SEED_MAX}]")
 
     @property
     def name(self) -> str:
@@ -237,10 +243,17 @@ def _worker(args: tuple[dict, str, int, dict | None]) -> str:
 
 
 def run_study(configs: Sequence[StudyConfig], work_dir: str | Path, jobs: int = 1, n_eval: int = 32,
-              sac: dict[str, Any] | None = None, log: Any = print) -> list[str]:
-    """Run the unfinished configurations, ``jobs`` processes at a time. Returns the names run now."""
-    if not (isinstance(jobs, int) and 1 <= jobs <= 64):
+              sac: dict[str, Any] | None = None, log: Any = print,
+              failures: list[tuple[str, str]] | None = None) -> list[str]:
+    """Run the unfinished configurations, ``jobs`` processes at a time. Returns the names
+    finished now. With ``failures`` (a list), a configuration that raises is logged and
+    appended there as (name, error) and the others still run; without it the error propagates."""
+    if isinstance(jobs, bool) or not (isinstance(jobs, int) and 1 <= jobs <= 64):
         raise ValidationError("jobs", f"{jobs!r}", "an integer in [1, 64]")
+    if isinstance(n_eval, bool) or not (isinstance(n_eval, int) and 1 <= n_eval <= 100_000):
+        raise ValidationError("n_eval", f"{n_eval!r}", "an integer in [1, 100000]")
+    if configs:
+        sac_config_for(configs[0], **(sac or {}))      # the SAC options, checked before any run
     finished = set(finished_runs(work_dir))
     pending = [c for c in configs if c.name not in finished]
     log(f"study: {len(configs) - len(pending)} of {len(configs)} configurations already finished; "
@@ -248,18 +261,33 @@ def run_study(configs: Sequence[StudyConfig], work_dir: str | Path, jobs: int = 
     if not pending:
         return []
     args = [(c.to_dict(), str(work_dir), n_eval, sac) for c in pending]
+    out: list[str] = []
+
+    def failed(name: str, exc: BaseException) -> None:
+        if failures is None:
+            raise exc
+        failures.append((name, f"{type(exc).__name__}: {exc}"))
+        log(f"FAILED {name}: {type(exc).__name__}: {exc}")
+
     if jobs == 1:
-        out = []
-        for a in args:
-            out.append(_worker(a))
+        for c, a in zip(pending, args):
+            try:
+                out.append(_worker(a))
+            except Exception as exc:                   # noqa: BLE001 — recorded, the others run
+                failed(c.name, exc)
+                continue
             log(f"finished {out[-1]}")
         return out
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
-    out = []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
-        for name in ex.map(_worker, args):
-            out.append(name)
+        futures = [(c.name, ex.submit(_worker, a)) for c, a in zip(pending, args)]
+        for name, fut in futures:
+            try:
+                out.append(fut.result())
+            except Exception as exc:                   # noqa: BLE001
+                failed(name, exc)
+                continue
             log(f"finished {name}")
     return out
 

@@ -12,14 +12,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qhil.drivers import ValidationError
+from qhil.drivers import _validate as check
+from qhil.drivers.backend import check_seed
 from qhil.envs.charging import scheduled_weight
 
 from ._checks import check_network_and_replay
 
+#: Largest |w_mean| (steps): :func:`qhil.lab.commands.train.fixed_weight_schedule` uses ±1e21.
+W_MEAN_MAX = 1e30
+
 
 @dataclass
 class SACConfig:
-    """SAC hyperparameters. Steps are environment steps (one per agent action)."""
+    """SAC hyperparameters. Steps are environment steps (one per agent action).
+
+    Every field is checked at construction (a :class:`~qhil.drivers.ValidationError` names it):
+    ``gamma`` and ``polyak`` in [0, 1], ``lr`` in (0, 1], ``alpha_init`` > 0, ``w_width`` and
+    ``entropy_decay`` > 0 and finite, ``w_mean`` finite, entropies finite, ``total_steps`` and
+    ``reference_steps`` ≥ 1, ``seed`` in [0, 2^63 − 1], the network and replay sizes ≥ 1.
+    """
 
     hidden: tuple[int, ...] = (512, 256)
     batch_size: int = 256
@@ -38,12 +50,30 @@ class SACConfig:
     reference_steps: int = 100_000   # run length the step schedules above are written for
     total_steps: int = 100_000       # length of this run
     seed: int = 0
-    precision: str = "fp32"          # "bf16": layers in bfloat16 autocast for the updates (ours)
+    precision: str = "fp32"          # "bf16": layers in bfloat16 autocast for the updates (ours); "auto": probed
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise ValidationError("precision", f"precision must be 'fp32', 'bf16' or 'auto', got {self.precision!r}",
+                                  "'fp32', 'bf16' or 'auto'")
+        try:
+            self.hidden = tuple(self.hidden)
+        except TypeError:
+            raise ValidationError("hidden", f"{self.hidden!r}",
+                                  "a non-empty tuple of layer widths in 1..65536") from None
         check_network_and_replay(self)
+        check.finite_float("lr", self.lr, 0.0, 1.0, lo_open=True)
+        check.finite_float("gamma", self.gamma, 0.0, 1.0)
+        check.finite_float("polyak", self.polyak, 0.0, 1.0)
+        check.finite_float("alpha_init", self.alpha_init, 0.0, 1e6, lo_open=True)
+        check.finite_float("entropy_start", self.entropy_start, -1e6, 1e6)
+        check.finite_float("entropy_end", self.entropy_end, -1e6, 1e6)
+        check.finite_float("entropy_decay", self.entropy_decay, 0.0, 1e30, lo_open=True)
+        check.finite_float("w_mean", self.w_mean, -W_MEAN_MAX, W_MEAN_MAX)
+        check.finite_float("w_width", self.w_width, 0.0, W_MEAN_MAX, lo_open=True)
+        check.integer("reference_steps", self.reference_steps, 1, 10**12)
+        check.integer("total_steps", self.total_steps, 1, 10**12)
+        check_seed(self.seed)
 
     def scaled(self) -> "SACConfig":
         """The step schedules (w_mean, w_width, entropy_decay) scaled to ``total_steps``."""
@@ -58,25 +88,43 @@ class SACConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SACConfig":
+        if not isinstance(d, dict):
+            raise ValidationError("config", f"expected a table of SAC options, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"unknown SAC option(s) {sorted(unknown)}; allowed: {sorted(names)}")
+            raise ValidationError(sorted(unknown)[0], f"unknown SAC option(s) {sorted(unknown)}",
+                                  ", ".join(sorted(names)))
         d = dict(d)
         if "hidden" in d:
-            d["hidden"] = tuple(int(h) for h in d["hidden"])
+            h = d["hidden"]
+            if isinstance(h, (str, bytes)) or not hasattr(h, "__iter__") or not all(
+                    isinstance(x, int) and not isinstance(x, bool) for x in h):
+                raise ValidationError("hidden", f"{h!r}", "a list of layer widths in 1..65536")
+            d["hidden"] = tuple(h)
         return cls(**d)
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> "SACConfig":
         """From a JSON or TOML file (a flat table of the fields above), then ``overrides``."""
-        text = Path(path).read_text()
-        if str(path).endswith(".toml"):
-            import tomllib
-            d = tomllib.loads(text)
-            d = d.get("sac", d)
-        else:
-            d = json.loads(text)
+        kind = "TOML" if str(path).endswith(".toml") else "JSON"
+        try:
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValidationError("config", f"cannot read {str(path)!r} ({exc})",
+                                  "a readable JSON or TOML file") from None
+        try:
+            if kind == "TOML":
+                import tomllib
+                d = tomllib.loads(text)
+                d = d.get("sac", d)
+            else:
+                d = json.loads(text)
+        except ValueError as exc:
+            raise ValidationError("config", f"{str(path)!r} is not valid {kind} ({exc})",
+                                  "a flat table of SAC options") from None
+        if not isinstance(d, dict):
+            raise ValidationError("config", f"{str(path)!r} holds a {type(d).__name__}", "a table of SAC options")
         return cls.from_dict({**d, **{k: v for k, v in overrides.items() if v is not None}})
 
     # -- the two schedules --------------------------------------------------------------

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from qhil.drivers import ValidationError
+from qhil.drivers import _validate as check
+from qhil.drivers.backend import check_seed
 
 #: The learned agents, in Table II's order ("Proposed" = the DQN+PPO ensemble of Eq. 46).
 AGENTS = ("ensemble", "ppo", "dqn", "ddpg", "bdqn")
@@ -51,6 +53,15 @@ class RunSpec:
             raise ValidationError("agent", f"unknown agent {self.agent!r}", ", ".join(AGENTS))
         if self.channel is not None and self.channel not in CHANNELS:
             raise ValidationError("channel", f"unknown channel {self.channel!r}", ", ".join(CHANNELS))
+        if not (isinstance(self.sweep, str) and self.sweep and "/" not in self.sweep):
+            raise ValidationError("sweep", f"{self.sweep!r}", "a non-empty name without '/'")
+        check_seed(self.seed)
+        check.integer("episodes", self.episodes, 1, 1_000_000)
+        check.finite_float("lr", self.lr, 0.0, 1.0, lo_open=True)
+        check.integer("n_spins", self.n_spins, 1, 12)
+        object.__setattr__(self, "weights", check.float_vector("weights", self.weights, 0.0, 1e6, 3, 3))
+        check.finite_float("p", self.p, 0.0, 1.0)
+        check.integer("n_warehouses", self.n_warehouses, 1, 1000)
 
     def name(self) -> str:
         parts = [self.sweep, self.agent, f"lr={self.lr:g}", f"N={self.n_spins}",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import platform
 import time
 from abc import ABC, abstractmethod
@@ -22,6 +23,21 @@ import numpy as np
 
 from .errors import ValidationError
 from .experiment import Experiment, Result
+
+#: Largest seed accepted anywhere in qhil (numpy's and torch's generators take [0, 2^63 − 1]).
+SEED_MAX = 2**63 - 1
+
+
+def check_seed(seed: Any, name: str = "seed") -> int | None:
+    """``seed`` as an int in [0, 2^63 − 1], or None (fresh entropy); a ValidationError naming
+    ``name`` otherwise (negative, bool, float, too large, …)."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValidationError(name, f"expected an integer or None, got {seed!r}", f"an integer in [0, {SEED_MAX}]")
+    if not 0 <= int(seed) <= SEED_MAX:
+        raise ValidationError(name, f"{int(seed)} is out of range", f"an integer in [0, {SEED_MAX}]")
+    return int(seed)
 
 
 @dataclass(frozen=True)
@@ -40,8 +56,8 @@ class Backend(ABC):
     name: str = "backend"
 
     def __init__(self, seed: int | None = None) -> None:
-        self.seed = seed
-        self._rng = np.random.default_rng(seed)
+        self.seed = check_seed(seed)
+        self._rng = np.random.default_rng(self.seed)
 
     @property
     @abstractmethod
@@ -57,7 +73,7 @@ class Backend(ABC):
                 raise ValidationError(f"experiments[{i}].schedule.observables",
                                       f"the full state is not available on the {self.name} driver",
                                       "energies, first_order, second_order or Pauli labels")
-        run_seed = int(self._rng.integers(2**63)) if seed is None else int(seed)
+        run_seed = int(self._rng.integers(2**63)) if seed is None else check_seed(seed)
         t0 = time.perf_counter()
         results = self._run(batch, np.random.SeedSequence(run_seed)) if batch else []
         wall = time.perf_counter() - t0
@@ -117,9 +133,14 @@ def register_driver(name: str, factory: str | Callable[..., Backend]) -> None:
 
 
 def create_backend(spec: str = "statevector", **options: Any) -> Backend:
-    """A backend from a spec: ``"statevector"``, ``"aer"`` or ``"zmq://host:port"``."""
+    """A backend from a spec: ``"statevector"``, ``"aer"`` or ``"zmq://host:port"``.
+
+    Options are checked before the driver is built: ``seed`` must be None or an integer in
+    [0, 2^63 − 1], and every option must be one the driver takes (a ValidationError names it)."""
     if not isinstance(spec, str) or not spec:
         raise ValidationError("backend", f"expected a string, got {spec!r}", _allowed())
+    if "seed" in options:
+        options["seed"] = check_seed(options["seed"])
     name = spec.split("://", 1)[0] if "://" in spec else spec
     if name not in _DRIVERS:
         raise ValidationError("backend", f"unknown backend {spec!r}", _allowed())
@@ -131,9 +152,17 @@ def create_backend(spec: str = "statevector", **options: Any) -> Backend:
         except (ImportError, AttributeError) as exc:
             raise ValidationError("backend", f"the {name!r} driver is not available here ({exc})",
                                   _allowed()) from None
-    if "://" in spec:
-        return factory(spec, **options)
-    return factory(**options)
+    args = (spec,) if "://" in spec else ()
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = None
+    if params is not None and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(options) - set(params))
+        if unknown:
+            raise ValidationError(unknown[0], f"not an option of the {name!r} driver",
+                                  ", ".join(p for p in params if p not in ("self", "spec")) or "none")
+    return factory(*args, **options)
 
 
 def _allowed() -> str:

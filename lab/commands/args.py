@@ -17,7 +17,20 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["int_in", "float_in", "floats", "output_file", "output_dir", "input_file", "json_object", "choice_list"]
+__all__ = ["int_in", "float_in", "floats", "output_file", "output_dir", "input_file", "json_object", "choice_list",
+           "ints", "seed", "shots", "shots_list", "checked", "SEED_MAX"]
+
+#: Largest seed accepted (numpy, torch and the drivers all take it).
+SEED_MAX = 2**63 - 1
+
+
+def _describe(parse: Callable[..., Any], kind: str, low: float | None = None, high: float | None = None,
+              low_open: bool = False, high_open: bool = False) -> None:
+    """Attach what a parser accepts (``qhil_kind``, bounds) for help texts and the CLI fuzz
+    harness (tests/test_cli_fuzz.py), which generates out-of-range values from them."""
+    parse.qhil_kind = kind            # type: ignore[attr-defined]
+    parse.low, parse.high = low, high  # type: ignore[attr-defined]
+    parse.low_open, parse.high_open = low_open, high_open  # type: ignore[attr-defined]
 
 
 def _fmt(x: float | None, default: str) -> str:
@@ -38,6 +51,7 @@ def int_in(low: int | None = None, high: int | None = None) -> Callable[[str], i
         return v
 
     parse.__name__ = "integer"
+    _describe(parse, "int", low, high)
     return parse
 
 
@@ -62,24 +76,105 @@ def float_in(low: float | None = None, high: float | None = None, *, low_open: b
         return v
 
     parse.__name__ = "number"
+    _describe(parse, "float", low, high, low_open, high_open)
     return parse
 
 
 def floats(low: float | None = None, high: float | None = None, *, low_open: bool = False,
-           length: int | None = None, min_length: int = 1) -> Callable[[str], list[float]]:
-    """Comma-separated finite numbers, each in the range of :func:`float_in`."""
+           length: int | None = None, min_length: int = 1, increasing: bool = False,
+           joined: bool = False) -> Callable[[str], Any]:
+    """Comma-separated finite numbers, each in the range of :func:`float_in`
+    (``increasing``: strictly; ``joined``: return the text, normalised, instead of the list)."""
     one = float_in(low, high, low_open=low_open)
 
-    def parse(text: str) -> list[float]:
+    def parse(text: str) -> Any:
         parts = [p for p in text.replace(" ", "").split(",") if p]
         if length is not None and len(parts) != length:
             raise argparse.ArgumentTypeError(f"expected {length} comma-separated numbers, got {text!r}")
         if len(parts) < min_length:
             raise argparse.ArgumentTypeError(f"expected at least {min_length} comma-separated number(s), "
                                              f"got {text!r}")
-        return [one(p) for p in parts]
+        values = [one(p) for p in parts]
+        if increasing and any(b <= a for a, b in zip(values, values[1:])):
+            raise argparse.ArgumentTypeError(f"expected strictly increasing numbers (e.g. lo,hi), got {text!r}")
+        return ",".join(f"{v!r}" for v in values) if joined else values
 
     parse.__name__ = "numbers"
+    _describe(parse, "floats", low, high, low_open)
+    return parse
+
+
+def ints(low: int | None = None, high: int | None = None, *, min_length: int = 1,
+         joined: bool = False) -> Callable[[str], Any]:
+    """Comma-separated integers, each in [low, high] (``joined``: return the normalised text)."""
+    one = int_in(low, high)
+
+    def parse(text: str) -> Any:
+        parts = [p for p in text.replace(" ", "").split(",") if p]
+        if len(parts) < min_length:
+            raise argparse.ArgumentTypeError(f"expected at least {min_length} comma-separated integer(s), "
+                                             f"got {text!r}")
+        values = [one(p) for p in parts]
+        return ",".join(map(str, values)) if joined else values
+
+    parse.__name__ = "integers"
+    _describe(parse, "ints", low, high)
+    return parse
+
+
+#: A seed: an integer in [0, 2^63 − 1].
+seed = int_in(0, SEED_MAX)
+
+
+def shots_list(low: int = 1, high: int = 10_000_000) -> Callable[[str], list[int | None]]:
+    """Comma-separated shot counts per setting, each an integer in [low, high] or ``exact``
+    (aliases ``none``, ``inf``: expectation values, returned as None)."""
+    def parse(text: str) -> list[int | None]:
+        out: list[int | None] = []
+        for x in (p.strip() for p in text.split(",")):
+            if x.lower() in ("exact", "none", "inf"):
+                out.append(None)
+            elif x.isascii() and x.isdecimal() and low <= int(x) <= high:
+                out.append(int(x))
+            else:
+                raise argparse.ArgumentTypeError(f"{x!r} is not a shot count: integers in [{low}, {high}] "
+                                                 "or 'exact', comma-separated")
+        return out
+
+    parse.__name__ = "shots"
+    _describe(parse, "shots", low, high)
+    return parse
+
+
+def shots(low: int = 1, high: int = 10_000_000) -> Callable[[str], int | None]:
+    """One shot count per setting: an integer in [low, high] or ``exact`` (None)."""
+    many = shots_list(low, high)
+
+    def parse(text: str) -> int | None:
+        values = many(text)
+        if len(values) != 1:
+            raise argparse.ArgumentTypeError(f"expected one shot count, got {text!r}")
+        return values[0]
+
+    parse.__name__ = "shots"
+    _describe(parse, "shots", low, high)
+    return parse
+
+
+def checked(check: Callable[[str], Any], name: str = "value") -> Callable[[str], Any]:
+    """A parser from a function that validates the text (raising
+    :class:`~qhil.drivers.ValidationError`, ``ValueError`` or ``SystemExit`` with a message) and
+    returns the parsed value; its failures become argparse errors naming the option."""
+    def parse(text: str) -> Any:
+        try:
+            return check(text)
+        except argparse.ArgumentTypeError:
+            raise
+        except (ValueError, TypeError, SystemExit) as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+    parse.__name__ = name
+    _describe(parse, "text")
     return parse
 
 
@@ -119,6 +214,10 @@ def output_dir(text: str) -> Path:
     return p
 
 
+_describe(output_file, "output_file")
+_describe(output_dir, "output_dir")
+
+
 def input_file(text: str) -> Path:
     """An existing, readable file."""
     p = Path(text)
@@ -127,6 +226,9 @@ def input_file(text: str) -> Path:
     if not os.access(p, os.R_OK):
         raise argparse.ArgumentTypeError(f"{text!r} is not readable")
     return p
+
+
+_describe(input_file, "input_file")
 
 
 def json_object(text: str) -> dict[str, Any]:
@@ -149,16 +251,21 @@ def json_object(text: str) -> dict[str, Any]:
     return doc
 
 
-def choice_list(choices: list[str] | tuple[str, ...]) -> Callable[[str], list[str]]:
-    """Comma-separated names, each one of ``choices`` (at least one)."""
-    def parse(text: str) -> list[str]:
+_describe(json_object, "json_object")
+
+
+def choice_list(choices: list[str] | tuple[str, ...], joined: bool = False) -> Callable[[str], Any]:
+    """Comma-separated names, each one of ``choices`` (at least one; ``joined``: return the
+    normalised text ``"a,b"`` instead of the list)."""
+    def parse(text: str) -> Any:
         names = [x for x in text.replace(" ", "").split(",") if x]
         if not names:
             raise argparse.ArgumentTypeError(f"expected one or more of {', '.join(choices)}")
         bad = [x for x in names if x not in choices]
         if bad:
             raise argparse.ArgumentTypeError(f"unknown {', '.join(map(repr, bad))} (allowed: {', '.join(choices)})")
-        return names
+        return ",".join(names) if joined else names
 
     parse.__name__ = "names"
+    _describe(parse, "names")
     return parse

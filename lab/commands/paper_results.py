@@ -71,17 +71,43 @@ LABELS = {"full_state": "|ψ(t)⟩", "energies": "E_j", "first_order": "E_j+⟨�
           "second_order": "E_j+⟨σ⟩+⟨σσ⟩"}
 
 
+def _weights(text: str) -> str:
+    """figS2 ``--weights``: comma-separated ``scheduled`` or fixed w in [0, 1]; the normalised text."""
+    import math
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise ValueError("expected one or more of 'scheduled' or w in [0, 1]")
+    for x in items:
+        if x == "scheduled":
+            continue
+        try:
+            w = float(x)
+        except ValueError:
+            raise ValueError(f"{x!r} is neither 'scheduled' nor a number in [0, 1]") from None
+        if not (math.isfinite(w) and 0.0 <= w <= 1.0):
+            raise ValueError(f"w = {x} is outside [0, 1]")
+    return ",".join(items)
+
+
 def add_arguments(s: argparse.ArgumentParser) -> None:
     """Options of the targets in this module (table1's are in :mod:`.reproduce`)."""
-    s.add_argument("--eval-every", type=int, default=20, help="episodes between cross-env evaluations")
-    s.add_argument("--test-random", type=int, default=32,
+    from . import args as A
+    s.add_argument("--eval-every", type=A.int_in(1, 1_000_000), default=20,
+                   help="episodes between cross-env evaluations")
+    s.add_argument("--test-random", type=A.int_in(0, 10_000), default=32,
                    help="held-out realisations scored at the end (robust, table2, transfer)")
-    s.add_argument("--weights", default="scheduled,0.5,0", help="figS2: reward weights (scheduled or w in [0, 1])")
-    s.add_argument("--history-window", type=int, default=28, help="history: observations in the window")
-    s.add_argument("--history-regime", default="energies", help="history: the partially observed regime")
-    s.add_argument("--omega-range", default="0.5,1.5", help="robust: ω_j ~ U[lo, hi] every episode")
-    s.add_argument("--eval-random", type=int, default=8, help="robust: validation realisations for selection")
-    s.add_argument("--robust-history", type=int, default=0,
+    s.add_argument("--weights", type=A.checked(_weights, "weights"), default="scheduled,0.5,0",
+                   help="figS2: reward weights (scheduled or w in [0, 1])")
+    s.add_argument("--history-window", type=A.int_in(1, 64), default=28,
+                   help="history: observations in the window, 1..64")
+    s.add_argument("--history-regime", choices=["energies", "first_order", "second_order"], default="energies",
+                   help="history: the partially observed regime")
+    s.add_argument("--omega-range", type=A.floats(0.0, 100.0, low_open=True, length=2, increasing=True,
+                                                  joined=True),
+                   default="0.5,1.5", help="robust: ω_j ~ U[lo, hi] every episode, 0 < lo < hi ≤ 100")
+    s.add_argument("--eval-random", type=A.int_in(1, 10_000), default=8,
+                   help="robust: validation realisations for selection, ≥ 1")
+    s.add_argument("--robust-history", type=A.int_in(0, 64), default=0,
                    help="robust: also train with an observation window of this many steps (0: no)")
 
 
@@ -205,15 +231,28 @@ def jobs_for(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
 
 def run_target(args: argparse.Namespace) -> int:
     """Entry point for every target but table1."""
+    import sys
+
+    from .reproduce import _usable_dir, failed_message
     training = args.what in ("table2", "figS2", "history", "robust")
-    args.work_dir = args.work_dir or Path("runs/extended" if training else "runs/table1")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    args.work_dir = args.work_dir or _usable_dir("work_dir", Path("runs/extended" if training else "runs/table1"))
+    failed: list[str] = []
+    n_jobs = 0
     if training and not args.report_only:
-        run_jobs(jobs_for(args), args, args.work_dir)
+        jobs = jobs_for(args)
+        n_jobs = len(jobs)
+        failed = run_jobs(jobs, args, args.work_dir)
+        if failed and not any(_summary(args.work_dir, name) for name, _ in jobs):
+            print(f"qhil: error: all {len(failed)} run(s) failed and none had finished before "
+                  f"(see {args.work_dir / 'logs'}); no table written", file=sys.stderr)
+            return 1
     report = {"table2": report_table2, "tableS1": report_tableS1, "figS1": report_figS1,
               "figS2": report_figS2, "history": report_history, "robust": report_robust,
               "transfer": report_transfer}[args.what]
     report(args)
+    if failed:
+        print(failed_message(failed, n_jobs, args.work_dir), file=sys.stderr)
+        return 1
     return 0
 
 

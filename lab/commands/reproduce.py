@@ -46,7 +46,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import args as args_mod
 from . import pyplot
+
+#: Bounds of the job options.
+MAX_JOBS, MAX_SEEDS, MAX_STEPS = 64, 100, 10**8
 
 ENVS = ["env1", "env2", "env3"]
 REGIMES = ["second_order", "full_state", "energies", "first_order"]   # run order: the key comparison first
@@ -79,33 +83,79 @@ TABLE1_READERS = ["table1", "tableS1", "figS1", "transfer"]
 MORE = ["table2", "tableS1", "figS1", "figS2", "history", "robust", "transfer"]
 
 
+def _sac_config_file(text: str) -> Path:
+    """``--config``: an existing JSON/TOML file of valid SAC options (checked before any run)."""
+    from qhil.agents.sac_config import SACConfig
+    path = args_mod.input_file(text)
+    SACConfig.from_file(path)            # raises ValidationError naming the bad option
+    return path
+
+
+def _train_args(text: str) -> str:
+    """``--train-args``: flags every ``qhil train`` accepts, checked now with train's own parser
+    (and the SAC options they set with :class:`~qhil.agents.sac_config.SACConfig`)."""
+    import shlex
+
+    from .train import add_parser as add_train, sac_config
+
+    class Raising(argparse.ArgumentParser):
+        def error(self, message: str) -> Any:          # type: ignore[override]
+            raise ValueError(f"qhil train {message}")
+
+    root = Raising(prog="qhil", add_help=False)
+    add_train(root.add_subparsers(dest="command"))
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise ValueError(f"cannot split into flags ({exc})") from None
+    given = [w.split("=", 1)[0] for w in words if w.startswith("--")]
+    fixed = [f for f in given if f in _JOB_FLAGS]
+    if fixed:
+        raise ValueError(f"{', '.join(fixed)} set by reproduce itself; use its own options")
+    ns = root.parse_args(["train", *words])
+    sac_config(ns)                       # SAC values in range (e.g. --gamma 2 is refused)
+    return text
+
+
+#: ``qhil train`` flags each job sets (run identity, length, paths): not for --train-args.
+_JOB_FLAGS = ("--env", "--regime", "--seed", "--run", "--run-dir", "--json", "--total-steps", "--config")
+
+
+def _windows(text: str) -> str:
+    parse_windows(text)
+    return text
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    A = args_mod
     s = sub.add_parser("reproduce", help="reproduce a table or figure of seed 000, or an extension (resumable)")
     s.add_argument("what", choices=["table1"] + MORE,
                    help="table1, table2 (robustness), tableS1 (T_0.9), figS1 (seed spread), "
                         "figS2 (reward weight), history (observation window), robust (domain randomisation), "
                         "transfer (Table 1's Env1 policies on Env1–3, no training)")
-    s.add_argument("--jobs", type=int, default=2, help="training processes at a time")
-    s.add_argument("--seeds", type=int, default=5)
-    s.add_argument("--envs", default=",".join(ENVS))
-    s.add_argument("--regimes", default=",".join(REGIMES))
+    s.add_argument("--jobs", type=A.int_in(1, MAX_JOBS), default=2,
+                   help=f"training processes at a time, 1..{MAX_JOBS}")
+    s.add_argument("--seeds", type=A.int_in(1, MAX_SEEDS), default=5, help=f"seeds 0..S-1, S in 1..{MAX_SEEDS}")
+    s.add_argument("--envs", type=A.choice_list(ENVS, joined=True), default=",".join(ENVS))
+    s.add_argument("--regimes", type=A.choice_list(REGIMES, joined=True), default=",".join(REGIMES))
     s.add_argument("--setup", choices=list(SETUPS), default="paper",
                    help="table1 (and tableS1, figS1, transfer, which read its runs): 'paper' or 'batched' "
                         "(see the module docstring)")
-    s.add_argument("--total-steps", type=int, default=None,
+    s.add_argument("--total-steps", type=A.int_in(1, MAX_STEPS), default=None,
                    help="environment steps per run (resume with the same value; default: the set-up's)")
-    s.add_argument("--config", type=Path, default=None, help="SAC options file passed to every run")
-    s.add_argument("--windows", default=None,
+    s.add_argument("--config", type=A.checked(_sac_config_file, "SAC options file"), default=None,
+                   help="SAC options file (JSON/TOML) passed to every run")
+    s.add_argument("--windows", type=A.checked(_windows, "windows"), default=None,
                    help="table1: window per regime (memory), e.g. 'energies=28,second_order=actions:28': "
                         "K (or observations:K) = the last K observations, actions:K = the current "
                         "observation and the last K actions; regimes not named see one step")
-    s.add_argument("--train-args", default=None,
+    s.add_argument("--train-args", type=A.checked(_train_args, "qhil train flags"), default=None,
                    help="extra flags for every `qhil train`, e.g. '--hidden 256,256' (after the set-up's)")
-    s.add_argument("--work-dir", type=Path, default=None,
+    s.add_argument("--work-dir", type=A.output_dir, default=None,
                    help="run store + checkpoints (default: the set-up's for table1, tableS1, figS1 — "
                         "runs/table1 or runs/table1_batched; runs/extended for the others)")
-    s.add_argument("--out-dir", type=Path, default=None, help="default docs/results (paper set-up)")
-    s.add_argument("--grape-dir", type=Path, default=None,
+    s.add_argument("--out-dir", type=A.output_dir, default=None, help="default docs/results (paper set-up)")
+    s.add_argument("--grape-dir", type=A.output_dir, default=None,
                    help="where the GRAPE ceilings grape_<env>.json are (default: the out dir)")
     s.add_argument("--report-only", action="store_true", help="only aggregate what has finished")
     from .paper_results import add_arguments
@@ -134,6 +184,24 @@ def apply_setup(args: argparse.Namespace) -> None:
     for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    for key in ("work_dir", "out_dir", "grape_dir"):     # the set-up's folders: usable before any work
+        if getattr(args, key) is not None:
+            setattr(args, key, _usable_dir(key, getattr(args, key)))
+
+
+def _usable_dir(name: str, path: Path) -> Path:
+    """``path`` as a folder this command can write (created if needed), else a ValidationError."""
+    from qhil.drivers import ValidationError
+    try:
+        return args_mod.output_dir(str(path))
+    except argparse.ArgumentTypeError as exc:
+        raise ValidationError("--" + name.replace("_", "-"), str(exc), "a writable folder") from None
+
+
+def failed_message(failed: list[str], total: int, work: Path) -> str:
+    """The line a command prints when some of its runs failed."""
+    return (f"qhil: error: {len(failed)} of {total} run(s) failed (e.g. {failed[0]}); "
+            f"see {work / 'logs'}; the table shows the finished runs only")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,22 +210,31 @@ def run(args: argparse.Namespace) -> int:
         from .paper_results import run_target
         return run_target(args)
     envs, regimes = args.envs.split(","), args.regimes.split(",")
-    work, out = args.work_dir or Path("runs/table1"), args.out_dir
+    work, out = args.work_dir or _usable_dir("work_dir", Path("runs/table1")), args.out_dir
     grape = args.grape_dir or out
     windows = parse_windows(args.windows)
-    out.mkdir(parents=True, exist_ok=True)
+    failed: list[str] = []
+    n_jobs = 0
     if not args.report_only:
         jobs = [(_run_name(e, r, s), ["--env", e, "--regime", r, "--seed", str(s)]
                  + (windows[r].train_flags() if r in windows else []))
                 for s in range(args.seeds) for e in envs for r in regimes]
         _refuse_other_memory(work, [name for name, _ in jobs], windows)
-        run_jobs(jobs, args, work)
+        n_jobs = len(jobs)
+        failed = run_jobs(jobs, args, work)
         for env in envs:                 # ceilings last: training is the long part
             _ensure_grape(env, grape)
+    if failed and not any(_summaries(envs, regimes, work, args.seeds, windows).values()):
+        print(f"qhil: error: all {len(failed)} run(s) failed and none had finished before "
+              f"(see {work / 'logs'}); no table written", file=sys.stderr)
+        return 1
     rows = write_table(envs, regimes, work, out, args.seeds, grape, windows)
     print_table(rows)
     print_unfinished(work)
     write_figures(envs, regimes, work, out, grape, windows)
+    if failed:
+        print(failed_message(failed, n_jobs, work), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -199,7 +276,8 @@ def _refuse_other_memory(work: Path, names: list[str], windows: dict[str, Window
 
 
 def parse_windows(text: str) -> dict[str, Window]:
-    """``'energies=28,second_order=actions:28'`` → {regime: Window}; names, kinds and sizes checked."""
+    """``'energies=28,second_order=actions:28'`` → {regime: Window}; names, kinds and sizes
+    checked (SystemExit with a message naming ``--windows``: exit status 1)."""
     out: dict[str, Window] = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         name, _, spec = item.partition("=")
@@ -215,17 +293,26 @@ def parse_windows(text: str) -> dict[str, Window]:
 
 
 def _ensure_grape(env: str, grape_dir: Path) -> None:
+    """Compute the GRAPE ceiling of ``env`` into ``grape_dir`` if missing (a failure is reported,
+    not raised: the table then shows no ceiling for that env)."""
     path = grape_dir / f"grape_{env}.json"
     if not path.exists():
-        subprocess.run([sys.executable, "-m", "qhil.lab.cli", "grape", "--env", env, "--starts", "10",
-                        "--out", str(path)], check=True)
+        done = subprocess.run([sys.executable, "-m", "qhil.lab.cli", "grape", "--env", env, "--starts", "10",
+                               "--out", str(path)])
+        if done.returncode != 0:
+            print(f"qhil: warning: GRAPE ceiling of {env} failed (exit {done.returncode}); "
+                  "the table has no ceiling for it", file=sys.stderr)
 
 
-def run_jobs(jobs: list[tuple[str, list[str]]], args: argparse.Namespace, work: Path) -> None:
+def run_jobs(jobs: list[tuple[str, list[str]]], args: argparse.Namespace, work: Path) -> list[str]:
     """Run the unfinished jobs (run name, ``qhil train`` flags), ``args.jobs`` processes at a
     time; each resumes its checkpoint. ``--total-steps``, ``--config`` and ``--train-args``
-    apply to every job."""
+    apply to every job. Returns the names of the jobs that failed (non-zero exit)."""
+    from qhil.drivers import ValidationError
+    if not (isinstance(args.jobs, int) and 1 <= args.jobs <= MAX_JOBS):
+        raise ValidationError("--jobs", f"{args.jobs!r}", f"an integer in [1, {MAX_JOBS}]")
     pending = [j for j in jobs if not _summary_path(work, j[0]).exists()]
+    failed: list[str] = []
     print(f"{args.what}: {len(jobs) - len(pending)} of {len(jobs)} runs already finished; "
           f"{len(pending)} to go, {args.jobs} at a time (work dir {work})", file=sys.stderr)
     running: list[tuple[subprocess.Popen, str, Any]] = []
@@ -249,7 +336,10 @@ def run_jobs(jobs: list[tuple[str, list[str]]], args: argparse.Namespace, work: 
                 running.remove((p, name, log))
                 log.close()
                 status = "finished" if p.returncode == 0 else f"FAILED (exit {p.returncode}, see logs)"
+                if p.returncode != 0:
+                    failed.append(name)
                 print(f"[{time.time() - t0:7.0f} s] {status} {name}", file=sys.stderr)
+    return failed
 
 
 def _summaries(envs: list[str], regimes: list[str], work: Path, n_seeds: int,

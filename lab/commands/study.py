@@ -32,80 +32,128 @@ OUT = Path("docs/results/measurement")
 WORK = Path("runs/measurement")
 
 
-def _shots_list(text: str) -> list[int | None]:
-    out: list[int | None] = []
-    for x in text.split(","):
-        x = x.strip()
-        if x in ("exact", "none", "inf"):
-            out.append(None)
-        elif x.isdigit() and int(x) >= 1:
-            out.append(int(x))
-        else:
-            raise argparse.ArgumentTypeError(f"shots: {x!r} (allowed: integers ≥ 1 or 'exact')")
-    return out
+def _regimes(text: str) -> str:
+    """``--regimes``: comma-separated study regimes (checked by name or Pauli labels)."""
+    from qhil.agents.measurement_study import study_observables
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    if not names:
+        raise ValueError("expected one or more regimes")
+    for name in names:
+        study_observables(name, 4)
+    return ",".join(names)
 
 
-def _one_shots(text: str) -> int | None:
-    v = _shots_list(text)
-    if len(v) != 1:
-        raise argparse.ArgumentTypeError("one value: an integer ≥ 1 or 'exact'")
-    return v[0]
+def _regime(text: str) -> str:
+    names = _regimes(text).split(",")
+    if len(names) != 1:
+        raise ValueError("expected one regime")
+    return names[0]
+
+
+def _frequencies(text: str) -> str:
+    """``--frequencies``: comma-separated 'm' (every m-th step, 1..1000) or 'final'."""
+    from qhil.agents.measurement_study import parse_frequency
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise ValueError("expected one or more of 1, m (every m-th step) or 'final'")
+    for x in items:
+        parse_frequency(x)
+    return ",".join(items)
+
+
+def _frequency(text: str) -> str:
+    items = _frequencies(text).split(",")
+    if len(items) != 1:
+        raise ValueError("expected one frequency")
+    return items[0]
+
+
+def _noise(text: str) -> str:
+    from qhil.agents.measurement_study import parse_noise
+    parse_noise(text)
+    return text
+
+
+def _levels_text(text: str) -> list[tuple[str, float]]:
+    return _levels(text)
+
+
+def _grape_file(env: str) -> dict[str, Any]:
+    """The GRAPE protocol of ``env`` (``docs/results/grape_<env>.json``, from ``qhil grape``)."""
+    from qhil.drivers import ValidationError
+    path = Path("docs/results") / f"grape_{env}.json"
+    try:
+        g = json.loads(path.read_text())
+        _ = g["protocol"], g["tau"], g["n_steps"]
+        return g
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValidationError("env", f"no usable GRAPE protocol {path} ({exc})",
+                              f"run `qhil grape --env {env} --out {path}` first") from None
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from . import args as A
     s = sub.add_parser("study", help="measurement-limited control studies (issue 7)")
     st = s.add_subparsers(dest="study", required=True)
 
     m = st.add_parser("measurement", help="ergotropy against measurement cost (SAC, resumable)")
-    m.add_argument("--regimes", default="energies,first_order,second_order,zz",
+    m.add_argument("--regimes", type=A.checked(_regimes, "regimes"), default="energies,first_order,second_order,zz",
                    help="regimes: energies, first_order, second_order, zz (E_j + all Z_iZ_j), custom:P1+P2+…")
-    m.add_argument("--shots", type=_shots_list, default=_shots_list("10,100,1000,exact"),
+    m.add_argument("--shots", type=A.shots_list(), default=[10, 100, 1000, None],
                    help="shots per setting, comma-separated ('exact' = expectation values)")
-    m.add_argument("--frequencies", default="1,2,final", help="measure every step (1), every m-th (m), or 'final'")
-    m.add_argument("--noise", default=None, help="Aer channels per step, e.g. depolarizing:0.01,bit_flip:0.005")
+    m.add_argument("--frequencies", type=A.checked(_frequencies, "frequencies"), default="1,2,final",
+                   help="measure every step (1), every m-th (m), or 'final'")
+    m.add_argument("--noise", type=A.checked(_noise, "noise"), default=None,
+                   help="Aer channels per step, e.g. depolarizing:0.01,bit_flip:0.005")
     m.add_argument("--reward", choices=["exact", "tomography_terminal"], default="exact")
-    m.add_argument("--tomography-shots", type=_one_shots, default=1000, help="per setting, for tomography_terminal")
+    m.add_argument("--tomography-shots", type=A.shots(), default=1000, help="per setting, for tomography_terminal")
     m.add_argument("--env", choices=["env1", "env2", "env3"], default="env1")
-    m.add_argument("--seeds", type=int, default=1)
-    m.add_argument("--total-steps", type=int, default=5000, help="SAC environment steps per configuration")
-    m.add_argument("--n-eval", type=int, default=32, help="evaluation episodes of the trained policy")
-    m.add_argument("--jobs", type=int, default=1, help="configurations trained at a time (processes)")
-    m.add_argument("--hidden", default=None, help="SAC hidden sizes, e.g. 256,256 (default 512,256)")
+    m.add_argument("--seeds", type=A.int_in(1, 100), default=1, help="seeds 0..S-1, S in 1..100")
+    m.add_argument("--total-steps", type=A.int_in(28, 10_000_000), default=5000,
+                   help="SAC environment steps per configuration (≥ 28: one episode)")
+    m.add_argument("--n-eval", type=A.int_in(2, 100_000), default=32, help="evaluation episodes of the trained policy")
+    m.add_argument("--jobs", type=A.int_in(1, 64), default=1, help="configurations trained at a time (processes)")
+    m.add_argument("--hidden", type=A.ints(1, 65_536), default=None,
+                   help="SAC hidden sizes, e.g. 256,256 (default 512,256)")
     m.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="SAC update precision")
-    m.add_argument("--work-dir", type=Path, default=WORK)
-    m.add_argument("--out-dir", type=Path, default=OUT)
+    m.add_argument("--work-dir", type=A.output_dir, default=WORK)
+    m.add_argument("--out-dir", type=A.output_dir, default=OUT)
     m.add_argument("--report-only", action="store_true", help="only the table/figure of finished runs")
     m.set_defaults(func=run_measurement)
 
     t = st.add_parser("tomography", help="bias and spread of the tomography ergotropy estimator")
     t.add_argument("--env", choices=["env1", "env2", "env3"], default="env1")
-    t.add_argument("--shots", type=_shots_list, default=_shots_list("100,1000,10000"))
-    t.add_argument("--reps", type=int, default=200, help="independent tomographies per state and shots")
-    t.add_argument("--steps", default="7,14,21,28", help="GRAPE protocol prefixes k (states after k steps)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out-dir", type=Path, default=OUT)
+    t.add_argument("--shots", type=A.shots_list(), default=[100, 1000, 10000])
+    t.add_argument("--reps", type=A.int_in(2, 1_000_000), default=200,
+                   help="independent tomographies per state and shots")
+    t.add_argument("--steps", type=A.ints(1, 10_000, joined=True), default="7,14,21,28",
+                   help="GRAPE protocol prefixes k (states after k steps)")
+    t.add_argument("--seed", type=A.seed, default=0)
+    t.add_argument("--out-dir", type=A.output_dir, default=OUT)
     t.set_defaults(func=run_tomography)
 
     o = st.add_parser("open-closed", help="GRAPE (open loop) vs a trained SAC policy (closed loop)")
-    o.add_argument("--policy-regime", default="second_order")
-    o.add_argument("--policy-shots", type=_one_shots, default=None, help="the policy's training shots ('exact')")
-    o.add_argument("--policy-frequency", default="1")
+    o.add_argument("--policy-regime", type=A.checked(_regime, "regime"), default="second_order")
+    o.add_argument("--policy-shots", type=A.shots(), default=None, help="the policy's training shots ('exact')")
+    o.add_argument("--policy-frequency", type=A.checked(_frequency, "frequency"), default="1")
     o.add_argument("--env", choices=["env1", "env2", "env3"], default="env1")
-    o.add_argument("--total-steps", type=int, default=5000, help="of the policy's study configuration")
-    o.add_argument("--seed", type=int, default=0, help="of the policy's study configuration")
-    o.add_argument("--levels", default=None,
+    o.add_argument("--total-steps", type=A.int_in(28, 10_000_000), default=5000,
+                   help="of the policy's study configuration")
+    o.add_argument("--seed", type=A.seed, default=0, help="of the policy's study configuration")
+    o.add_argument("--levels", type=A.checked(_levels_text, "levels"), default=None,
                    help="kind:level list, e.g. none:0,shots:100,depolarizing:0.01,drift:0.05 (default: a grid)")
-    o.add_argument("--reps", type=int, default=32)
-    o.add_argument("--oracle", type=int, default=5,
+    o.add_argument("--reps", type=A.int_in(2, 100_000), default=32)
+    o.add_argument("--oracle", type=A.int_in(0, 1000), default=5,
                    help="drift rows: re-optimise GRAPE on this many drifted batteries (ω known; ~15 s each)")
-    o.add_argument("--work-dir", type=Path, default=WORK)
-    o.add_argument("--out-dir", type=Path, default=OUT)
+    o.add_argument("--work-dir", type=A.output_dir, default=WORK)
+    o.add_argument("--out-dir", type=A.output_dir, default=OUT)
     o.set_defaults(func=run_open_closed)
 
 
 # -- measurement ------------------------------------------------------------------------------
 def run_measurement(args: argparse.Namespace) -> int:
-    from qhil.agents.measurement_study import finished_runs, run_study, study_grid, study_rows
+    from qhil.agents.measurement_study import (finished_runs, run_study, sac_config_for, study_grid,
+                                               study_rows)
     from qhil.drivers import ValidationError
     for name, v, lo in (("seeds", args.seeds, 1), ("total-steps", args.total_steps, 28), ("n-eval", args.n_eval, 2),
                         ("jobs", args.jobs, 1)):
@@ -116,16 +164,22 @@ def run_measurement(args: argparse.Namespace) -> int:
                          seeds=range(args.seeds), total_steps=args.total_steps)
     sac: dict[str, Any] = {}
     if args.hidden:
-        sac["hidden"] = tuple(int(h) for h in args.hidden.split(","))
+        sac["hidden"] = tuple(args.hidden)
     if args.precision:
         sac["precision"] = args.precision
+    sac_config_for(configs[0], **sac)                 # the SAC options, checked before any run
+    failures: list[tuple[str, str]] = []
     if not args.report_only:
         run_study(configs, args.work_dir, jobs=args.jobs, n_eval=args.n_eval, sac=sac or None,
-                  log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", file=sys.stderr, flush=True))
+                  log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", file=sys.stderr, flush=True),
+                  failures=failures)
     rows = study_rows(list(finished_runs(args.work_dir).values()))
+    if failures:
+        print(f"qhil: error: {len(failures)} of {len(configs)} configuration(s) failed, e.g. {failures[0][0]}: "
+              f"{failures[0][1]}", file=sys.stderr)
     if not rows:
-        print("no finished configurations yet", file=sys.stderr)
-        return 0
+        print(f"qhil: error: no finished configurations in {args.work_dir}; no table written", file=sys.stderr)
+        return 1
     args.out_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(args.out_dir / "measurement_study.csv", rows)
     cols = ["regime", "shots", "frequency", "noise", "reward", "train_steps", "eval_mean", "eval_ci95",
@@ -136,7 +190,7 @@ def run_measurement(args: argparse.Namespace) -> int:
               _scale_note(rows))
     write_pareto(rows, args.out_dir / "pareto.png")
     _print(rows, cols)
-    return 0
+    return 1 if failures else 0
 
 
 def _scale_note(rows: list[dict]) -> str:
@@ -208,7 +262,7 @@ def run_tomography(args: argparse.Namespace) -> int:
     from qhil.envs.measurement import tomography_ergotropy_stats
     if args.reps < 2:
         raise ValidationError("reps", f"{args.reps}", "≥ 2")
-    g = json.loads((Path("docs/results") / f"grape_{args.env}.json").read_text())
+    g = _grape_file(args.env)
     lam, dt = np.asarray(g["protocol"]), g["tau"] / g["n_steps"]
     try:
         ks = [int(k) for k in args.steps.split(",")]
@@ -298,12 +352,12 @@ def run_open_closed(args: argparse.Namespace) -> int:
     from qhil.drivers import ValidationError
     if args.reps < 2:
         raise ValidationError("reps", f"{args.reps}", "≥ 2")
-    levels = _levels(args.levels)
+    levels = args.levels if isinstance(args.levels, list) else _levels(args.levels)
     cfg = StudyConfig(regime=args.policy_regime, shots=args.policy_shots, frequency=args.policy_frequency,
                       env=args.env, seed=args.seed, total_steps=args.total_steps)
+    g = _grape_file(args.env)                         # before training: it is needed after
     summary = run_config(cfg, args.work_dir)          # trains it first if the study has not
     agent = load_policy(cfg, args.work_dir)
-    g = json.loads((Path("docs/results") / f"grape_{args.env}.json").read_text())
     rows = compare(agent, cfg, g["protocol"], levels, n_rep=args.reps, seed=0, dt=g["tau"] / g["n_steps"],
                    n_oracle=args.oracle)
     for r in rows:

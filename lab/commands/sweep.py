@@ -56,28 +56,39 @@ DEFAULT_AGENTS = {"lr": "ensemble,ppo,dqn,ddpg,bdqn", "n": "ensemble", "weights"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from qhil.agents.supply_sweep import AGENTS, CHANNELS
+
+    from . import args as A
     s = sub.add_parser("sweep", help="seed 004 sweeps on the XY-chain supply chain (resumable)")
     s.add_argument("what", choices=SWEEPS)
-    s.add_argument("--agents", default=None, help="comma list of ensemble,ppo,dqn,ddpg,bdqn "
+    s.add_argument("--agents", type=A.choice_list(AGENTS, joined=True), default=None,
+                   help="comma list of ensemble,ppo,dqn,ddpg,bdqn "
                    "(default: all for lr, ensemble for n and weights, ensemble,dqn for noise)")
-    s.add_argument("--seeds", type=int, default=2, help="seeds 0..S-1 per setting")
-    s.add_argument("--episodes", type=int, default=60, help="training episodes per run (50 steps each)")
-    s.add_argument("--jobs", type=int, default=1, help="runs at a time (separate processes)")
-    s.add_argument("--lr", type=float, default=5e-4, help="learning rate for the n, weights and noise sweeps")
-    s.add_argument("--lrs", default=",".join(f"{x:g}" for x in LRS), help="learning rates of the lr sweep")
-    s.add_argument("--ns", default=",".join(map(str, NS)), help="chain lengths of the n sweep")
-    s.add_argument("--channels", default="bit_flip,depolarizing,phase_flip")
-    s.add_argument("--probs", default="0.01,0.02,0.05", help="noise probabilities per step and qubit")
+    s.add_argument("--seeds", type=A.int_in(1, 100), default=2, help="seeds 0..S-1 per setting, S in 1..100")
+    s.add_argument("--episodes", type=A.int_in(1, 1_000_000), default=60,
+                   help="training episodes per run (50 steps each)")
+    s.add_argument("--jobs", type=A.int_in(1, 64), default=1, help="runs at a time (separate processes), 1..64")
+    s.add_argument("--lr", type=A.float_in(0.0, 1.0, low_open=True), default=5e-4,
+                   help="learning rate for the n, weights and noise sweeps, in (0, 1]")
+    s.add_argument("--lrs", type=A.floats(0.0, 1.0, low_open=True), default=list(LRS),
+                   help="learning rates of the lr sweep, each in (0, 1]")
+    s.add_argument("--ns", type=A.ints(2, 8), default=list(NS), help="chain lengths of the n sweep, each in 2..8")
+    s.add_argument("--channels", type=A.choice_list(CHANNELS, joined=True), default="bit_flip,depolarizing,phase_flip")
+    s.add_argument("--probs", type=A.floats(0.0, 1.0), default=[0.01, 0.02, 0.05],
+                   help="noise probabilities per step and qubit, each in [0, 1]")
     s.add_argument("--references", action="store_true",
                    help="also measure random, MPC and GRAPE returns (lr sweep: flat lines)")
-    s.add_argument("--work-dir", type=Path, default=Path("runs/seed004"))
-    s.add_argument("--out", type=Path, default=Path("docs/results/seed004"))
+    s.add_argument("--work-dir", type=A.output_dir, default=Path("runs/seed004"))
+    s.add_argument("--out", type=A.output_dir, default=Path("docs/results/seed004"))
     s.add_argument("--report-only", action="store_true", help="only aggregate the finished runs")
     s.set_defaults(func=run)
 
 
-def _floats(text: str, name: str) -> list[float]:
+def _floats(text: str | list[float], name: str) -> list[float]:
+    """A list of numbers from the option (already parsed) or its comma-separated text."""
     from qhil.drivers import ValidationError
+    if not isinstance(text, str):
+        return [float(x) for x in text]
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -89,12 +100,15 @@ def specs(args: argparse.Namespace) -> list[Any]:
     from qhil.agents.supply_sweep import RunSpec
     from qhil.drivers import ValidationError
     agents = (args.agents or DEFAULT_AGENTS[args.what]).split(",")
-    if args.seeds < 1 or args.episodes < 1 or args.jobs < 1:
-        raise ValidationError("seeds/episodes/jobs", "must be ≥ 1")
+    for name in ("seeds", "episodes", "jobs"):
+        if getattr(args, name) < 1:
+            raise ValidationError("--" + name, f"{getattr(args, name)}", "an integer ≥ 1")
     base = dict(sweep=args.what, episodes=args.episodes, lr=args.lr)
     settings: list[dict[str, Any]]
     if args.what == "lr":
         settings = [{"lr": lr} for lr in _floats(args.lrs, "lrs")]
+        if not settings:
+            raise ValidationError("--lrs", "no learning rate", "one or more numbers in (0, 1]")
     elif args.what == "n":
         ns = [int(x) for x in _floats(args.ns, "ns")]
         if any(not 2 <= n <= 8 for n in ns):
@@ -126,27 +140,47 @@ def _references(spec: Any, work: Path) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .reproduce import _usable_dir
     all_specs = specs(args)
-    work = args.work_dir / args.what
-    work.mkdir(parents=True, exist_ok=True)
+    work = _usable_dir("work_dir", args.work_dir / args.what)
+    failed: list[str] = []
     if not args.report_only:
         t0 = time.perf_counter()
+
+        def done(i: int, name: str, summ: dict[str, Any]) -> None:
+            print(f"[{i + 1}/{len(all_specs)}] {name}: eval {summ.get('eval_return', float('nan')):.2f} "
+                  f"({summ.get('run_s', 0):.0f} s)", file=sys.stderr, flush=True)
+
+        def fail(i: int, name: str, exc: BaseException) -> None:
+            failed.append(name)
+            print(f"[{i + 1}/{len(all_specs)}] {name}: FAILED ({type(exc).__name__}: {exc})", file=sys.stderr,
+                  flush=True)
+
         if args.jobs == 1:
             for i, sp in enumerate(all_specs):
-                name, summ = _one(sp, str(work))
-                print(f"[{i + 1}/{len(all_specs)}] {name}: eval {summ.get('eval_return', float('nan')):.2f} "
-                      f"({summ.get('run_s', 0):.0f} s)", file=sys.stderr, flush=True)
+                try:
+                    done(i, *_one(sp, str(work)))
+                except Exception as exc:                       # noqa: BLE001 — reported, the others run
+                    fail(i, sp.name(), exc)
         else:
             with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-                futs = [pool.submit(_one, sp, str(work)) for sp in all_specs]
+                futs = {pool.submit(_one, sp, str(work)): sp for sp in all_specs}
                 for i, f in enumerate(as_completed(futs)):
-                    name, summ = f.result()
-                    print(f"[{i + 1}/{len(all_specs)}] {name}: eval {summ.get('eval_return', float('nan')):.2f}",
-                          file=sys.stderr, flush=True)
+                    try:
+                        done(i, *f.result())
+                    except Exception as exc:                   # noqa: BLE001
+                        fail(i, futs[f].name(), exc)
         if args.references:
             _references(all_specs[0], work)
         print(f"sweep {args.what}: {len(all_specs)} runs, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    if failed and len(failed) == len(all_specs) and not _collect(all_specs, work):
+        print(f"qhil: error: all {len(failed)} run(s) failed (e.g. {failed[0]}); no table written", file=sys.stderr)
+        return 1
     report(args, all_specs, work)
+    if failed:
+        print(f"qhil: error: {len(failed)} of {len(all_specs)} run(s) failed (e.g. {failed[0]}); "
+              "the table shows the finished runs only", file=sys.stderr)
+        return 1
     return 0
 
 
