@@ -116,9 +116,14 @@ class Result:
 
     steps:          (M,) step index k of each measurement (state after k control steps)
     times:          (M,) k·dt
-    labels:         (O,) canonical Pauli labels
+    labels:         (O,) canonical Pauli labels, computational basis (Z = diag(1, −1)). Against
+                    the papers: Dicke battery (|0⟩ = |g⟩, paper matrices in the (e, g) order)
+                    X = σ_x, Y = −σ_y, Z = −σ_z; XY chain (|0⟩ = spin up) X, Y, Z = σ_x, σ_y, σ_z.
     values:         (M, O) expectation values ⟨P⟩ (exact, or shot means)
-    stderr:         (M, O) standard errors (0 for exact values)
+    stderr:         (M, O) standard errors (0 for exact values). Each label pools the shots of
+                    every setting that reads it: with S shots per setting and k such settings,
+                    √((1 − m²)/(kS − 1)). Second order on 2–4 qubits: k = 3 for single-qubit
+                    labels, 1 for pairs (3× the shots); 5–10 qubits: k varies by label.
     qubit_density:  (M, 2^n, 2^n) reduced state of the measurable qubits — simulators only,
                     else None. It is a diagnostic for rewards and checks, not an observation.
     state:          (M, dim) full state vector — only for the ``full_state`` regime.

@@ -52,6 +52,13 @@ class MeasurementSchedule:
                  measured. Ignored when ``final_only``.
     final_only:  measure only after the last step.
     shots:       None for exact expectation values, else shots per local basis setting.
+
+    Settings (:meth:`settings`, deterministic): energies 1 (Z…Z); first order 3 (Z…Z, X…X,
+    Y…Y); second order 3 for one qubit, 9 for 2–4 qubits (an orthogonal array: every pair of
+    qubits sees each of the 9 basis pairs once), and from a greedy covering array 13, 15, 16,
+    16, 17, 17 for 5, 6, 7, 8, 9, 10 qubits. A label is estimated from *every* setting that
+    reads it, so labels get different numbers of shots: second order on 2–4 qubits reads each
+    single-qubit label in 3 settings and each pair in 1 (see :class:`~qhil.drivers.Result`).
     """
 
     observables: str | tuple[str, ...] = "energies"

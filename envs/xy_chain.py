@@ -42,6 +42,10 @@ def _bitstring(name: str, value: str, n: int) -> str:
 class XYChain(Model):
     """XY chain with local z-fields.
 
+    Sign convention: |0⟩ = spin up and the paper's σ's are the computational Paulis, so the
+    Pauli labels mean X = σ_x, Y = +σ_y, Z = +σ_z (paper) here, the *opposite* sign relation
+    to the Dicke battery (|0⟩ = |g⟩: Y = −σ_y, Z = −σ_z). A bit ``1`` reads ⟨Z⟩ = −1 (spin down).
+
     n_spins:       N, in 1..12
     coupling:      J, in [−100, 100]
     field_bound:   each B_n ∈ [−field_bound, field_bound]
