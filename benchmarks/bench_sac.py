@@ -4,7 +4,9 @@ full-state value 4.0445, and throughput against stable-baselines3's SAC on the s
     .venv/bin/python benchmarks/bench_sac.py                      # full: run to the target
     .venv/bin/python benchmarks/bench_sac.py --max-steps 1200 --learning-starts 200 --sb3-steps 1200
                                                                   # throughput only, quick
-    .venv/bin/python benchmarks/bench_sac.py --precision bf16 --n-envs 8 --updates-per-step 0.125 \
+    .venv/bin/python benchmarks/bench_sac.py --max-steps 1200 --learning-starts 200 --sb3-steps 0 --precision all
+                                                                  # fp32, bf16 and auto (what the probe picks)
+    .venv/bin/python benchmarks/bench_sac.py --precision auto --n-envs 8 --updates-per-step 0.125 \
         --history 28 --history-of actions --max-steps 56000 --learning-starts 4000 --sb3-steps 0
                                                                   # batched Table 1 set-up (second order)
     .venv/bin/python benchmarks/bench_sac.py --precision bf16 --n-envs 16 --updates-per-step 0.125 \
@@ -52,7 +54,7 @@ def ours(max_steps: int, seed: int, hidden: tuple[int, ...], target: float | Non
         st = train_off_policy(agent, env, store=RunStore(Path(d) / "r.sqlite"), run="bench",
                               progress=sys.stderr.isatty(), stop=stop)
     return {"steps": st.step, "updates": st.updates, "wall": st.wall, "best": st.best, "hit": hit,
-            "learning_starts": cfg.learning_starts}
+            "learning_starts": cfg.learning_starts, "precision": agent.precision_info}
 
 
 def sb3(n_steps: int, seed: int, hidden: tuple[int, ...], learning_starts: int) -> dict | None:
@@ -84,8 +86,9 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hidden", default="512,256")
     p.add_argument("--learning-starts", type=int, default=5_000, help="random warm-up steps (paper: 5000)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "both"],
-                   help="SAC update precision; 'both' runs ours twice (fp32, then bf16)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto", "both", "all"],
+                   help="SAC update precision; 'auto': chosen by the start-up probe; 'both' runs ours "
+                        "twice (fp32, then bf16), 'all' three times (fp32, bf16, auto)")
     p.add_argument("--n-envs", type=int, default=1, help="batteries stepped together (ours)")
     p.add_argument("--updates-per-step", type=float, default=1.0, help="SAC updates per env step (ours)")
     p.add_argument("--history", type=int, default=None,
@@ -101,10 +104,18 @@ def main() -> int:
           f"{a.n_envs} env(s), {a.updates_per_step:g} updates/env step, window {a.history or 1}"
           + (f" ({a.history_of})" if a.history else ""))
     rates = []
-    for precision in (["fp32", "bf16"] if a.precision == "both" else [a.precision]):
+    runs = {"both": ["fp32", "bf16"], "all": ["fp32", "bf16", "auto"]}.get(a.precision, [a.precision])
+    for precision in runs:
         r = ours(a.max_steps, a.seed, hidden, TARGET, a.learning_starts, precision, a.n_envs,
                  a.updates_per_step, a.history, a.history_of)
         sps, ups = r["steps"] / r["wall"], r["updates"] / max(r["wall"], 1e-9)
+        if precision == "auto":
+            probe = r["precision"]["probe"]
+            timed = "" if probe.get("fp32_ms") is None else (
+                f"; probe {probe['fp32_ms']:.2f} ms fp32, {probe['bf16_ms']:.2f} ms bf16 per step")
+            print(f"auto chose {r['precision']['chosen']}: {probe['reason']} (CPU bf16 flags: "
+                  f"{probe['cpu_bf16_flags']}{timed})")
+            precision = f"auto={r['precision']['chosen']}"
         if r["hit"]:
             print(f"qhil SAC {precision}, Env1 second_order: best explored ergotropy reached {TARGET} after "
                   f"{r['hit']['step']} env steps ({r['hit']['episode']} episodes) in {r['hit']['wall']:.0f} s")
