@@ -8,10 +8,21 @@ the simulators.
   driver, ``result.metadata["cost"]``).
 * Reliability (ZeroMQ guide, "Lazy Pirate" and "Paranoid Pirate"): a DEALER socket;
   every request has a unique id and retries reuse it, so the server never runs it twice;
-  the reply timeout is sized to the job from the device's timing figures; heartbeats
-  (``ping``) while waiting notice a dead server within ``heartbeat × liveness`` seconds;
-  then the socket is closed and reopened and the request re-sent, with exponential
-  backoff, at most ``retries`` times.
+  the first reply deadline is sized to the job from the device's timing figures, and every
+  ``pong`` that reports a pending request ``queued`` or ``running`` moves it on (a busy
+  server is not a dead one: the wait lasts as long as the job, up to an optional
+  ``max_wait``). A dead server is noticed within ``heartbeat × liveness`` seconds: no
+  message from it and no transport-level (ZMTP) heartbeat answer, which libzmq's I/O
+  thread gives without Python, so a server whose message loop waits for the GIL behind a
+  long device computation still counts as alive. Then the socket is closed and reopened
+  and the request re-sent, with exponential backoff, at most ``retries`` times.
+* Progress: pongs carry each pending request's queue position or elapsed and estimated
+  seconds (and the fraction done where the device can tell); ``progress=callback`` gets
+  them, and they are logged (logger ``qhil.drivers.zmq``, level INFO).
+* Locks: ``owner="alice"`` is sent with every run; :meth:`ZmqBackend.lock` /
+  :meth:`ZmqBackend.unlock` (or ``with backend.locked():``) take and release the server's
+  experiment lock (required by ``qhil lab serve --lock``). The lock is never taken
+  implicitly.
 * Handshake: ``hello`` refuses a server whose major protocol version differs.
 * Raw counts come back and are turned into values and standard errors here, with the same
   estimator as the simulators. ``qubit_density`` and ``state`` are None (hardware).
@@ -22,12 +33,15 @@ Not thread-safe: one backend per thread.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
+import math
 import os
 import re
 import time
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import zmq
@@ -40,6 +54,13 @@ from .pauli import estimate_from_counts
 from .wire import BridgeError, BridgeTimeout, Message
 
 _SPEC = re.compile(r"^zmq://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+_LOG = logging.getLogger("qhil.drivers.zmq")
+#: owner names (of runs and the lock): 1-64 characters
+_OWNER = re.compile(r"^[A-Za-z0-9_.@:-]{1,64}$")
+_OWNER_ALLOWED = "1-64 characters of [A-Za-z0-9_.@:-]"
+#: the progress figures a pong may carry per request (anything else is ignored)
+_PROGRESS_KEYS = ("ahead", "started_at", "elapsed_s", "estimated_s", "fraction")
+_LINK_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 _AUTH_EVENTS = {zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the server refused this client's key",
                 zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "security handshake failed (CURVE on one side only?)",
                 zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "security handshake failed"}
@@ -68,18 +89,58 @@ def _z85_key(key: str | bytes | os.PathLike, name: str, secret: bool) -> tuple[b
     return public, sec
 
 
+def _real(name: str, value: Any, lo: float, hi: float = math.inf, *, lo_open: bool = False,
+          hi_open: bool = True) -> float:
+    """``value`` as a float in the interval (``lo_open``/``hi_open``: exclusive ends), else a
+    ValidationError naming ``name`` and the interval."""
+    allowed = f"{'(' if lo_open else '['}{lo:g}, {'∞' if hi == math.inf else f'{hi:g}'}{')' if hi_open else ']'}"
+    allowed = "a finite number in " + allowed
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValidationError(name, f"expected a number, got {value!r}", allowed)
+    v = float(value)
+    if not math.isfinite(v) or v < lo or (lo_open and v == lo) or v > hi or (hi_open and v == hi):
+        raise ValidationError(name, f"{value!r} is out of range", allowed)
+    return v
+
+
+def _whole(name: str, value: Any, lo: int, hi: int) -> int:
+    """``value`` as an int in [lo, hi] (bool and non-integral numbers refused)."""
+    allowed = f"an integer in [{lo}, {hi}]"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValidationError(name, f"expected an integer, got {value!r}", allowed)
+    if not lo <= int(value) <= hi:
+        raise ValidationError(name, f"{value!r} is out of range", allowed)
+    return int(value)
+
+
+def _owner_name(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not _OWNER.match(value):
+        raise ValidationError(name, f"bad owner name {value!r}", _OWNER_ALLOWED)
+    return value
+
+
 class ZmqBackend(Backend):
     """Client of a qhil lab server at ``zmq://host:port``.
 
-    timeout:    seconds to wait for a reply beyond the job's estimated duration (the wait is
-                ``timeout + 3 × estimate``)
-    retries:    re-sends after a timeout, a silent server or a retryable error
+    timeout:    seconds (finite, > 0) to wait for a reply beyond the job's estimated duration
+                (the first deadline is ``timeout + 3 × estimate``); every pong reporting the
+                request queued or running moves the deadline to ``timeout`` seconds after it
+    max_wait:   overall cap, seconds, on one call (a batch window) however busy the server
+                says it is; None (default): no cap, wait as long as the server works on it
+    retries:    re-sends (an integer ≥ 0) after a timeout, a dead server or a retryable error
     backoff:    first pause between attempts, seconds (doubles, capped at ``max_backoff``)
-    heartbeat:  seconds between pings while waiting; the server counts as dead after
-                ``liveness`` silent intervals
+    heartbeat:  seconds between pings while waiting, in (0, 3600]; the server counts as dead
+                after ``liveness`` (an integer ≥ 1) intervals without any message from it
+                and without a transport-level heartbeat answer
     server_key, client_cert: CURVE (see the module docstring)
     check_model: refuse experiments whose model differs from the model the device reports
-    pipeline:   requests of a batch in flight at once (the server runs them in order)
+    pipeline:   requests of a batch in flight at once, 1..256 (the server runs them in order)
+    owner:      who runs the experiments (sent with every run; needed for :meth:`lock`)
+    progress:   called as ``progress(request_id, info)`` for each pending request at every
+                pong; ``info``: ``state`` (queued | running), ``waited_s`` (this client's
+                wait so far) and the server's figures (``ahead`` for a queued request;
+                ``started_at``, ``elapsed_s``, ``estimated_s``, maybe ``fraction`` for a
+                running one)
     """
 
     name = "zmq"
@@ -89,19 +150,28 @@ class ZmqBackend(Backend):
                  heartbeat: float = 0.5, liveness: int = 3,
                  server_key: str | bytes | os.PathLike | None = None,
                  client_cert: str | os.PathLike | None = None, check_model: bool = True,
-                 pipeline: int = 32) -> None:
+                 pipeline: int = 32, max_wait: float | None = None, owner: str | None = None,
+                 progress: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         super().__init__(seed)
         self.spec = spec
         self.endpoint = parse_endpoint(spec)
-        self.timeout = float(timeout)
-        self.retries = int(retries)
-        self.backoff, self.max_backoff = float(backoff), float(max_backoff)
-        self.heartbeat, self.liveness = float(heartbeat), int(liveness)
-        if min(self.timeout, self.heartbeat) <= 0 or self.retries < 0 or self.liveness < 1:
-            raise ValidationError("zmq options", "timeout and heartbeat must be > 0, retries ≥ 0, "
-                                  "liveness ≥ 1")
-        self.check_model = bool(check_model)
-        self.pipeline = max(1, int(pipeline))
+        self.timeout = _real("timeout", timeout, 0.0, lo_open=True)
+        self.retries = _whole("retries", retries, 0, 1000)
+        self.backoff = _real("backoff", backoff, 0.0, 3600.0, hi_open=False)
+        self.max_backoff = _real("max_backoff", max_backoff, 0.0, 3600.0, hi_open=False)
+        self.heartbeat = _real("heartbeat", heartbeat, 0.0, 3600.0, lo_open=True, hi_open=False)
+        self.liveness = _whole("liveness", liveness, 1, 1000)
+        self.max_wait = None if max_wait is None else _real("max_wait", max_wait, 0.0, lo_open=True)
+        if not isinstance(check_model, bool):
+            raise ValidationError("check_model", f"expected True or False, got {check_model!r}", "a bool")
+        self.check_model = check_model
+        self.pipeline = _whole("pipeline", pipeline, 1, wire.MAX_PING_IDS)
+        self.owner = None if owner is None else _owner_name("owner", owner)
+        if progress is not None and not callable(progress):
+            raise ValidationError("progress", f"expected a callable, got {progress!r}",
+                                  "a function (request_id, info) or None")
+        self.progress = progress
+        self.last_progress: dict[str, dict[str, Any]] = {}   # request id → latest info
         self._curve: tuple[bytes, bytes, bytes] | None = None
         if server_key is not None:
             server_public, _ = _z85_key(server_key, "server_key", secret=False)
@@ -114,6 +184,7 @@ class ZmqBackend(Backend):
         self._sock: zmq.Socket | None = None
         self._poller: zmq.Poller | None = None      # polls _sock (one per socket, not per wait)
         self._monitor: zmq.Socket | None = None
+        self._link_up = False    # ZMTP handshake done and no disconnect since (monitor events)
         self._info: dict[str, Any] | None = None
         self._chans: tuple[dict[str, Any], dict[str, Any]] | None = None
         self._hello: dict[str, Any] | None = None
@@ -129,9 +200,16 @@ class ZmqBackend(Backend):
                 s.setsockopt(zmq.CURVE_SERVERKEY, self._curve[0])
                 s.setsockopt(zmq.CURVE_PUBLICKEY, self._curve[1])
                 s.setsockopt(zmq.CURVE_SECRETKEY, self._curve[2])
+            # Transport heartbeats (ZMTP 3.1 PING/PONG): the peer's libzmq I/O thread answers
+            # them without the GIL; no answer within heartbeat × liveness drops the connection
+            # (a DISCONNECTED event below), as does a server process that dies.
+            ivl = max(1, round(self.heartbeat * 1000))
+            s.setsockopt(zmq.HEARTBEAT_IVL, ivl)
+            s.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(ivl, round(self.heartbeat * self.liveness * 1000)))
             self._monitor = s.get_monitor_socket(
                 zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | _LINK_EVENTS)
+            self._link_up = False
             s.connect(self.endpoint)
             self._sock = s
             self._poller = zmq.Poller()
@@ -148,6 +226,7 @@ class ZmqBackend(Backend):
             self._monitor.close(linger=0)   # type: ignore[union-attr]
             self._sock.close(linger=0)
             self._sock = self._monitor = self._poller = None
+            self._link_up = False
             self.reconnects += 1
 
     def close(self) -> None:
@@ -172,7 +251,9 @@ class ZmqBackend(Backend):
 
     def _call_many(self, msgs: list[Message], timeout: float) -> list[tuple[Message, int]]:
         """Pipelined: send every request, then collect every reply (the server runs them in
-        order). Lost or refused requests are re-sent with their own ids (Lazy Pirate)."""
+        order). Lost or refused requests are re-sent with their own ids (Lazy Pirate).
+        ``timeout``: the first reply deadline, seconds (moved on while the server reports
+        the requests queued or running)."""
         frames = {m.id: wire.encode(m) for m in msgs}
         track = {m.id for m in msgs if m.type == "run"}
         attempts = {m.id: 0 for m in msgs}
@@ -180,6 +261,8 @@ class ZmqBackend(Backend):
         failure: BridgeError | None = None
         todo = [m.id for m in msgs]
         last = "no reply"
+        give_up = None if self.max_wait is None else time.monotonic() + self.max_wait
+        self.last_progress = {}
         while True:
             sock = self._socket()
             for rid in todo:
@@ -189,7 +272,7 @@ class ZmqBackend(Backend):
                 except zmq.Again:       # not queued: the wait ends in "silent" or "timeout"
                     pass
             pending = [m.id for m in msgs if m.id not in replies]
-            got, reason, unknown = self._wait(pending, timeout, track)
+            got, reason, unknown = self._wait(pending, timeout, track, give_up)
             todo, backoff = [], False
             for rid, m in got.items():
                 if m.type != "error":
@@ -208,6 +291,12 @@ class ZmqBackend(Backend):
                 if failure is not None:
                     raise failure
                 return [(replies[m.id], attempts[m.id]) for m in msgs]
+            if reason == "max_wait":
+                rid = next(r for r in pending if r not in replies)
+                seen = self.last_progress.get(rid, {}).get("state", "no state reported")
+                raise BridgeTimeout(f"no reply from {self.endpoint} to {rid} within max_wait={self.max_wait:g} s "
+                                    f"(last reported: {seen}); the server may still run it: send it again "
+                                    "with the same id to fetch its result")
             if reason is not None:           # silent or timed out: new socket, re-send the rest
                 last, backoff = reason, True
                 self._reset()
@@ -222,26 +311,39 @@ class ZmqBackend(Backend):
                                     f"{worst} attempt(s) (last: {last}); is `qhil lab serve` running "
                                     "there, and does it accept this client?")
             if backoff:
-                time.sleep(min(self.max_backoff, self.backoff * 2 ** (worst - 1)))
+                pause = min(self.max_backoff, self.backoff * 2 ** (worst - 1))
+                if give_up is not None:
+                    pause = min(pause, max(0.0, give_up - time.monotonic()))
+                time.sleep(pause)
 
-    def _wait(self, pending: list[str], timeout: float, track: set[str]
+    def _wait(self, pending: list[str], timeout: float, track: set[str], give_up: float | None = None
               ) -> tuple[dict[str, Message], str | None, list[str]]:
         """Replies to ``pending`` ids until all are in, or why not: (replies, reason, unknown)
-        with reason "timeout" or "silent" (no heartbeat reply for ``heartbeat × liveness``)
-        and ``unknown`` the tracked ids the server has no record of, or has finished although
-        no reply came (the reply went to an earlier connection)."""
+        with reason "timeout" (the deadline, ``timeout`` seconds from now and moved to
+        ``self.timeout`` after each pong reporting a tracked id queued or running, passed),
+        "silent" (no message from the server and no transport heartbeat answer for
+        ``heartbeat × liveness``) or "max_wait" (``give_up``, a monotonic time, passed), and
+        ``unknown`` the tracked ids the server has no record of, or has finished although no
+        reply came (the reply went to an earlier connection)."""
         now = time.monotonic()
+        start = now
         deadline, last_heard, next_ping = now + timeout, now, now + self.heartbeat
         dead_after = self.heartbeat * self.liveness
+        end = math.inf if give_up is None else give_up
         got: dict[str, Message] = {}
         want = set(pending)
         sock, poller = self._sock, self._poller
         assert sock is not None and poller is not None
         while True:
             now = time.monotonic()
+            if now >= end:
+                return got, "max_wait", []
             if now >= deadline:
                 return got, "timeout", []
-            if now - last_heard > dead_after:
+            quiet = now - last_heard > dead_after
+            # No message for the liveness window: dead, unless the transport still answers
+            # heartbeats (the server process lives; its message loop is only late).
+            if quiet and not self._check_monitor():
                 return got, "silent", []
             if now >= next_ping:
                 ids = [r for r in pending if r in track and r not in got][:wire.MAX_PING_IDS]
@@ -251,7 +353,7 @@ class ZmqBackend(Backend):
                 except zmq.Again:
                     pass
                 next_ping = now + self.heartbeat
-            wait = min(deadline, next_ping, last_heard + dead_after + 1e-3) - now
+            wait = min(deadline, next_ping, end, math.inf if quiet else last_heard + dead_after + 1e-3) - now
             # One socket in the fast path; the monitor (handshake failures) is read when idle.
             if not poller.poll(min(max(0.0, wait), self.heartbeat / 2) * 1000):
                 self._check_monitor()
@@ -274,20 +376,50 @@ class ZmqBackend(Backend):
                         return got, None, []
                 elif m.type == "pong":
                     states = m.body.get("states")
+                    if not isinstance(states, dict):
+                        continue
                     # "unknown": the server restarted before finishing it; "done": its reply went
                     # to an earlier connection. Either way, re-send it (answered from storage).
                     lost = [r for r, st in states.items() if st in ("unknown", "done") and r in want
-                            and r not in got] if isinstance(states, dict) else []
+                            and r not in got]
                     if lost:
                         return got, None, lost
+                    busy = [r for r, st in states.items() if st in ("queued", "running") and r in want
+                            and r not in got]
+                    if busy:           # a busy server is not a dead one: move the deadline on
+                        deadline = max(deadline, last_heard + self.timeout)
+                        self._report(busy, states, m.body.get("progress"), last_heard - start)
 
-    def _check_monitor(self) -> None:
+    def _report(self, ids: list[str], states: dict[str, Any], progress: Any, waited: float) -> None:
+        """Record (``last_progress``), log and pass on the progress of ``ids`` from a pong."""
+        prog = progress if isinstance(progress, dict) else {}
+        for rid in ids:
+            p = prog.get(rid)
+            info: dict[str, Any] = {k: v for k, v in p.items() if k in _PROGRESS_KEYS} if isinstance(p, dict) else {}
+            info["state"], info["waited_s"] = states[rid], waited
+            prev = self.last_progress.get(rid)
+            if prev is None or prev["state"] != info["state"]:
+                _LOG.info("%s %s: %s%s", self.endpoint, rid, info["state"],
+                          "".join(f" {k}={info[k]:.3g}" for k in ("ahead", "elapsed_s", "estimated_s", "fraction")
+                                  if isinstance(info.get(k), (int, float))))
+            self.last_progress[rid] = info
+            if self.progress is not None:
+                self.progress(rid, dict(info))
+
+    def _check_monitor(self) -> bool:
+        """Read the socket's events: raise on a refused handshake; track whether the link is
+        up (handshake done, no disconnect since). Returns whether it is up."""
         from zmq.utils.monitor import recv_monitor_message
         while self._monitor is not None and self._monitor.poll(0):
             ev = recv_monitor_message(self._monitor)
-            if ev["event"] in _AUTH_EVENTS:
+            if ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._link_up = True
+            elif ev["event"] == zmq.EVENT_DISCONNECTED:
+                self._link_up = False
+            elif ev["event"] in _AUTH_EVENTS:
                 self._reset()
                 raise BridgeError("auth_refused", f"{self.endpoint}: {_AUTH_EVENTS[ev['event']]}")
+        return self._link_up
 
     def _hello_check(self) -> None:
         if self._hello is None:
@@ -311,6 +443,52 @@ class ZmqBackend(Backend):
         t0 = time.perf_counter()
         self._call(Message("ping", wire.new_id()), self.timeout)
         return time.perf_counter() - t0
+
+    # -- the experiment lock (``qhil lab serve --lock``) ----------------------------------
+    def lock(self) -> dict[str, Any]:
+        """Take the server's experiment lock for ``owner`` (taking it again is fine); while it
+        is held, runs from anyone else are refused with ``locked``. Raises BridgeError
+        ``locked`` (naming the holder) if another owner holds it. Returns the lock state
+        ``{locked, owner, since, required}``."""
+        owner = self._need_owner("lock")
+        self._hello_check()
+        reply, _ = self._call(Message("lock", wire.new_id(), {"owner": owner}), self.timeout)
+        return reply.body
+
+    def unlock(self, *, force: bool = False, key: str | None = None) -> dict[str, Any]:
+        """Release the lock (only its owner can, and releasing a free lock is fine), or with
+        ``force=True`` and the server's emergency ``key`` (written by ``qhil lab serve``)
+        whoever holds it. Returns the lock state."""
+        if not isinstance(force, bool):
+            raise ValidationError("force", f"expected True or False, got {force!r}", "a bool")
+        body: dict[str, Any] = {}
+        if force:
+            if not isinstance(key, str) or not key:
+                raise ValidationError("key", "a forced unlock needs the server's emergency key",
+                                      "the key written by `qhil lab serve` (its --lock-key-file)")
+            body = {"force": True, "key": key}
+            if self.owner is not None:
+                body["owner"] = self.owner
+        else:
+            body = {"owner": self._need_owner("unlock")}
+        self._hello_check()
+        reply, _ = self._call(Message("unlock", wire.new_id(), body), self.timeout)
+        return reply.body
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[dict[str, Any]]:
+        """``with backend.locked(): ...``: hold the lock for the block, release it after."""
+        state = self.lock()
+        try:
+            yield state
+        finally:
+            self.unlock()
+
+    def _need_owner(self, what: str) -> str:
+        if self.owner is None:
+            raise ValidationError("owner", f"{what}() needs an owner name: create the backend with "
+                                  "owner=...", _OWNER_ALLOWED)
+        return self.owner
 
     @property
     def capabilities(self) -> Capabilities:
@@ -387,6 +565,8 @@ class ZmqBackend(Backend):
                                  "labels": list(e.schedule.labels(n))}
         body = {"dt": e.dt, "steps": e.schedule.measured_steps(e.n_steps).tolist(), "shots": e.schedule.shots,
                 "seed": seed, **self._static[key]}
+        if self.owner is not None:
+            body["owner"] = self.owner
         return Message("run", wire.new_id(), body, {"controls": np.asarray(e.controls, dtype=np.float64)})
 
     def _result(self, e: Experiment, msg: Message, reply: Message, attempts: int, rtt: float) -> Result:

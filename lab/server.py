@@ -905,8 +905,8 @@ class LabServer:
                 job = self._jobs.get()
                 if job is None:
                     return
+                self._started(job)                # (before the state: a pong then has its figures)
                 self._state[job.id] = "running"
-                self._started(job)
                 try:
                     done = (job.id, True, job.digest, self._execute(job))
                 except BridgeError as exc:
