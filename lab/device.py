@@ -416,6 +416,8 @@ class EmulatorDevice(ModelDevice):
         width = self._h0_width_bound(amplitudes)
         key = (h, width, self.krylov_dim)
         if key not in self._plans:
+            if len(self._plans) >= 256:       # drifting offsets make a new key every episode
+                self._plans.clear()
             dim = self.model.dim
             rho_h = 0.25 * width * h
             best: tuple[float, int, int] | None = None
