@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from qhil.drivers import _validate as check
+from qhil.drivers.backend import check_seed
 
 from ._checks import check_network_and_replay
 from .base import SeededAgent, gradient_step
@@ -60,6 +61,9 @@ class BootstrappedDQNConfig:
         check.finite_float("mask_prob", self.mask_prob, 0.0, 1.0, lo_open=True)
         check.finite_float("gamma", self.gamma, 0.0, 1.0)
         check.finite_float("lr", self.lr, 0.0, 1.0, lo_open=True)
+        check.finite_float("grad_clip", self.grad_clip, 0.0, 1e6, lo_open=True)
+        check.integer("total_steps", self.total_steps, 1, 10**12)
+        check_seed(self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

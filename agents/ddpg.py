@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from qhil.drivers import _validate as check
+from qhil.drivers.backend import check_seed
 
 from ._checks import check_network_and_replay
 from .base import SeededAgent
@@ -52,6 +53,8 @@ class DDPGConfig:
         check.finite_float("lr", self.lr, 0.0, 1.0, lo_open=True)
         check.finite_float("tau", self.tau, 0.0, 1.0, lo_open=True)
         check.finite_float("noise", self.noise, 0.0, 10.0)
+        check.integer("total_steps", self.total_steps, 1, 10**12)
+        check_seed(self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -30,6 +30,9 @@ import torch
 import torch.nn.functional as F
 
 
+from qhil.drivers import _validate as check
+from qhil.drivers.backend import check_seed
+
 from ._checks import check_network_and_replay
 from .base import SeededAgent, gradient_step
 from .sac import mlp
@@ -56,6 +59,14 @@ class DQNConfig:
 
     def __post_init__(self) -> None:
         check_network_and_replay(self)
+        check.finite_float("gamma", self.gamma, 0.0, 1.0)
+        check.finite_float("lr", self.lr, 0.0, 1.0, lo_open=True)
+        check.finite_float("eps_start", self.eps_start, 0.0, 1.0)
+        check.finite_float("eps_min", self.eps_min, 0.0, self.eps_start)
+        check.finite_float("eps_decay", self.eps_decay, 0.0, 1.0, lo_open=True)
+        check.finite_float("grad_clip", self.grad_clip, 0.0, 1e6, lo_open=True)
+        check.integer("total_steps", self.total_steps, 1, 10**12)
+        check_seed(self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

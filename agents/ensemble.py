@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from qhil.drivers import _validate as check
+from qhil.drivers.backend import check_seed
 
 from .dqn import DQN, DQNConfig
 from .ppo import PPO, PPOConfig
@@ -54,6 +55,11 @@ class EnsembleConfig:
         check.finite_float("ema", self.ema, 0.0, 1.0, lo_open=True)
         check.finite_float("omega_min", self.omega_min, 0.0, 0.5)
         check.integer("episode_steps", self.episode_steps, 1, 1_000_000)
+        if not isinstance(self.dqn, DQNConfig):
+            raise check.ValidationError("dqn", f"expected a DQNConfig, got {type(self.dqn).__name__}")
+        if not isinstance(self.ppo, PPOConfig):
+            raise check.ValidationError("ppo", f"expected a PPOConfig, got {type(self.ppo).__name__}")
+        check_seed(self.seed)
 
     # the training loop reads the replay settings from here (the DQN's)
     @property

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from qhil.drivers import _validate as check
+from qhil.drivers.backend import check_seed
 
 from .base import SeededAgent, gradient_step
 
@@ -61,6 +62,16 @@ class PPOConfig:
         check.integer("minibatches", self.minibatches, 1, self.rollout)
         check.finite_float("clip", self.clip, 0.0, 1.0, lo_open=True)
         check.finite_float("gae_lambda", self.gae_lambda, 0.0, 1.0)
+        hidden = tuple(self.hidden) if isinstance(self.hidden, (tuple, list)) else ()
+        if not hidden or not all(isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= 65_536 for h in hidden):
+            raise check.ValidationError("hidden", f"{self.hidden!r}", "a non-empty tuple of layer widths in 1..65536")
+        check.finite_float("vf_coef", self.vf_coef, 0.0, 1e6)
+        check.finite_float("ent_coef", self.ent_coef, 0.0, 1e6)
+        check.finite_float("grad_clip", self.grad_clip, 0.0, 1e6, lo_open=True)
+        if not isinstance(self.norm_adv, (bool, np.bool_)):
+            raise check.ValidationError("norm_adv", f"{self.norm_adv!r}", "True or False")
+        check.integer("total_steps", self.total_steps, 1, 10**12)
+        check_seed(self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -33,6 +33,7 @@ E_j = ω_j (1 − ⟨Z_j⟩)/2 replaces ⟨Z_j⟩ (same information, units of ω
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Sequence
 
 import gymnasium as gym
@@ -40,10 +41,19 @@ import numpy as np
 
 from qhil.drivers import (Backend, Experiment, MeasurementSchedule, REGIMES, Result,
                           UnsupportedError, ValidationError, create_backend)
+from qhil.drivers import _validate as check
 from qhil.drivers.propagate import invariant_sector
 
 from .dicke import ENV1, DickeBattery
 from .measurement import REWARD_MODES, HeldObservation, custom_observables, tomography_ergotropy
+
+
+#: Largest B (batteries stepped together) and K (steps per episode) accepted.
+MAX_ENVS, MAX_STEPS = 100_000, 100_000
+#: Largest |w_mean| and w_width (environment steps) of Eq. (12); a fixed weight uses ~1e21.
+W_SCHEDULE_MAX = 1e30
+#: Out-of-bounds actions within this fraction of (high − low) are rounding: clipped, not reported.
+CLIP_TOLERANCE = 1e-6
 
 
 def scheduled_weight(n_step: float | np.ndarray, w_mean: float, w_width: float) -> float | np.ndarray:
@@ -82,8 +92,16 @@ class ChargingVectorEnv:
     ``step(actions)`` returns ``(obs (B, D), rewards (B,), terminated (B,), truncated (B,),
     info)`` with ``info`` a dict of arrays: ``energy``, ``ergotropy`` (at t_{k+1}),
     ``tls_energies`` (B, N), ``delta_energy``, ``delta_ergotropy``, ``reward_terms`` (B, 2)
-    = [ΔE, Δℰ], ``weight``, ``k``. After the K-th step every episode terminates; call
-    :meth:`reset` to start the next ones.
+    = [ΔE, Δℰ], ``weight``, ``k``, ``clipped`` (B,) and ``clipped_total`` (B,). After the K-th
+    step every episode terminates; call :meth:`reset` to start the next ones.
+
+    Actions outside [action_low, action_high] are CLIPPED to the bound and reported:
+    ``info["clipped"]`` is True for the batteries whose action was clipped at this step,
+    ``info["clipped_total"]`` counts them over the episode (per battery), :attr:`n_clipped`
+    over the env's life, and the first clip of an env warns once (``RuntimeWarning`` naming the
+    bounds). Excursions within ``CLIP_TOLERANCE`` × (high − low) are float rounding: clipped
+    silently. Non-finite actions are refused (ValidationError). Every constructor argument is
+    validated (ValidationError naming it), e.g. ``w_width`` must be finite and > 0.
     """
 
     def __init__(self, battery: DickeBattery | None = None, regime: str = "second_order",
@@ -93,6 +111,8 @@ class ChargingVectorEnv:
                  backend: Backend | str = "statevector", shots: int | None = None,
                  every: int = 1, final_only: bool = False, reward: str = "exact",
                  tomography_shots: int | None = 1000) -> None:
+        if battery is not None and not isinstance(battery, DickeBattery):
+            raise ValidationError("battery", f"expected a DickeBattery, got {type(battery).__name__}")
         self.battery = battery if battery is not None else DickeBattery(omegas=ENV1)
         observables = regime
         if not isinstance(regime, str):             # a custom list of Pauli labels
@@ -107,24 +127,35 @@ class ChargingVectorEnv:
         self.reward_mode, self.tomography_shots = reward, tomography_shots
         if tomography_shots is not None:
             MeasurementSchedule("tomography", shots=tomography_shots)       # validates the number
-        if not (isinstance(n_envs, int) and n_envs >= 1):
-            raise ValidationError("n_envs", f"{n_envs!r}", "an integer ≥ 1")
-        if not (isinstance(n_steps, int) and n_steps >= 1):
-            raise ValidationError("n_steps", f"{n_steps!r}", "an integer ≥ 1")
-        if not (math.isfinite(tau) and tau > 0):
-            raise ValidationError("tau", f"{tau!r}", "a positive time")
+        n_envs = check.integer("n_envs", n_envs, 1, MAX_ENVS)
+        n_steps = check.integer("n_steps", n_steps, 1, MAX_STEPS)
+        tau = check.finite_float("tau", tau, 0.0, 1e6, lo_open=True)
         self.regime, self.n_envs, self.tau, self.n_steps = regime, n_envs, float(tau), n_steps
         self.dt = self.tau / n_steps
         chan = self.battery.controls[0]
-        self.action_low = chan.lower if action_low is None else float(action_low)
-        self.action_high = chan.upper if action_high is None else float(action_high)
-        if not (chan.lower <= self.action_low < self.action_high <= chan.upper):
+        bounds = f"[{chan.lower:g}, {chan.upper:g}]"
+        self.action_low = chan.lower if action_low is None else check.finite_float(
+            "action_low", action_low, chan.lower, chan.upper)
+        self.action_high = chan.upper if action_high is None else check.finite_float(
+            "action_high", action_high, chan.lower, chan.upper)
+        if not self.action_low < self.action_high:
             raise ValidationError("action bounds", f"[{self.action_low}, {self.action_high}]",
-                                  f"a sub-interval of [{chan.lower:g}, {chan.upper:g}]")
-        if weight is not None and not 0.0 <= weight <= 1.0:
-            raise ValidationError("weight", f"{weight!r}", "a number in [0, 1] or None (scheduled)")
-        self.weight, self.w_mean, self.w_width = weight, float(w_mean), float(w_width)
-        self.backend = create_backend(backend) if isinstance(backend, str) else backend
+                                  f"a sub-interval of {bounds} with action_low < action_high")
+        if weight is not None:
+            weight = check.finite_float("weight", weight, 0.0, 1.0)
+        self.weight = weight
+        self.w_mean = check.finite_float("w_mean", w_mean, -W_SCHEDULE_MAX, W_SCHEDULE_MAX)
+        self.w_width = check.finite_float("w_width", w_width, 0.0, W_SCHEDULE_MAX, lo_open=True)
+        if not isinstance(final_only, (bool, np.bool_)):
+            raise ValidationError("final_only", f"{final_only!r}", "True or False")
+        check.integer("every", every, 1, 1_000_000)
+        if isinstance(backend, str):
+            self.backend = create_backend(backend)
+        elif isinstance(backend, Backend):
+            self.backend = backend
+        else:
+            raise ValidationError("backend", f"expected a Backend or a spec string, got {type(backend).__name__}",
+                                  "statevector, aer, zmq://host:port or a Backend")
         caps = self.backend.capabilities
         if regime == "full_state" and not caps.full_state:
             raise UnsupportedError(f"the full_state regime needs a simulator; the {self.backend.name} "
@@ -156,6 +187,9 @@ class ChargingVectorEnv:
             lo[-3] = 0.0                             # age of the held values ∈ [0, 1]
         self.obs_low, self.obs_high = lo, hi
         self.n_step = 0                              # environment steps so far (Eq. 12's n)
+        self.n_clipped = 0                           # actions clipped to the bounds, over the env's life
+        self._clipped_episode = np.zeros(n_envs, dtype=np.int64)
+        self._clip_warned = False
         self._rng = np.random.default_rng()
         self._controls = np.zeros((n_envs, 0))
         self._energy = np.zeros(n_envs)
@@ -174,7 +208,8 @@ class ChargingVectorEnv:
 
     def seed(self, seed: int | None) -> None:
         """Seed the shot noise of the measurements (exact values need none)."""
-        self._rng = np.random.default_rng(seed)
+        from qhil.drivers.backend import check_seed
+        self._rng = np.random.default_rng(check_seed(seed))
 
     def measurement_cost(self) -> dict[str, int]:
         """Hardware cost of one episode's measurements (:func:`~qhil.envs.measurement.episode_cost`):
@@ -231,6 +266,7 @@ class ChargingVectorEnv:
     def reset(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Start B episodes from |g…g⟩⊗|N⟩: the k = 0 measurement."""
         self._controls = np.zeros((self.n_envs, 0))
+        self._clipped_episode = np.zeros(self.n_envs, dtype=np.int64)
         if self.hold is not None:
             self.hold.reset()
         measured = self.hold is None or self.hold.is_measured(0)
@@ -249,10 +285,15 @@ class ChargingVectorEnv:
         """Apply λ = ``actions`` (B,) for Δt to every battery; one backend call."""
         if self.k >= self.n_steps:
             raise RuntimeError("the episodes have ended (K steps taken): call reset()")
-        a = np.asarray(actions, dtype=float).reshape(self.n_envs)
+        try:
+            a = np.asarray(actions, dtype=float).reshape(self.n_envs)
+        except (TypeError, ValueError):
+            raise ValidationError("actions", f"expected {self.n_envs} number(s), got {actions!r}",
+                                  f"shape ({self.n_envs},) in [{self.action_low:g}, {self.action_high:g}]") from None
         if not np.all(np.isfinite(a)):
-            raise ValidationError("actions", "contain non-finite values")
-        a = np.clip(a, self.action_low, self.action_high)
+            raise ValidationError("actions", "contain non-finite values",
+                                  f"finite numbers in [{self.action_low:g}, {self.action_high:g}]")
+        a, clipped = self._clip(a)
         self._controls = np.concatenate([self._controls, a[:, None]], axis=1)
         measured = self.hold is None or self.hold.is_measured(self.k)
         if measured or self.has_density:
@@ -272,8 +313,26 @@ class ChargingVectorEnv:
         done = np.full(self.n_envs, self.k == self.n_steps)
         info = {"energy": e, "ergotropy": erg, "tls_energies": e_j, "delta_energy": d_e,
                 "delta_ergotropy": d_erg, "reward_terms": np.stack([d_e, d_erg], axis=1),
-                "weight": np.full(self.n_envs, w), "k": np.full(self.n_envs, self.k), **extra}
+                "weight": np.full(self.n_envs, w), "k": np.full(self.n_envs, self.k),
+                "clipped": clipped, "clipped_total": self._clipped_episode.copy(), **extra}
         return self._observe(results, self.k), reward, done, np.zeros(self.n_envs, bool), info
+
+    def _clip(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Clip ``a`` to [action_low, action_high]; count (and warn once about) the batteries
+        whose action lay beyond a bound by more than the rounding tolerance."""
+        tol = CLIP_TOLERANCE * (self.action_high - self.action_low)
+        clipped = (a < self.action_low - tol) | (a > self.action_high + tol)
+        if clipped.any():
+            self.n_clipped += int(clipped.sum())
+            self._clipped_episode += clipped
+            if not self._clip_warned:
+                self._clip_warned = True
+                worst = a[clipped][np.argmax(np.abs(a[clipped]))]
+                warnings.warn(f"action {worst:g} outside the bounds [action_low, action_high] = "
+                              f"[{self.action_low:g}, {self.action_high:g}] was clipped to the bound "
+                              "(reported once per env; info['clipped'] and n_clipped count them)",
+                              RuntimeWarning, stacklevel=3)
+        return np.clip(a, self.action_low, self.action_high), clipped
 
     def _measured_energy(self, results: list[Result]) -> np.ndarray:
         """(B,) E = Σ_j E_j from the measured ⟨Z_j⟩ (shot estimates when shots are set)."""
@@ -305,6 +364,8 @@ class ChargingEnv(gym.Env):
 
     ``reset(seed=s)`` restarts the environment: it reseeds the shot noise and sets Eq. (12)'s
     step counter back to 0, so that a seeded episode is reproducible (``check_env``).
+    An action outside ``action_space`` is clipped to it and reported as in
+    :class:`ChargingVectorEnv` (``info["clipped"]``, one warning per env).
     """
 
     metadata = {"render_modes": []}
@@ -318,6 +379,8 @@ class ChargingEnv(gym.Env):
                                            shape=(1,), dtype=np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        from qhil.drivers.backend import check_seed
+        check_seed(seed)
         super().reset(seed=seed)
         if seed is not None:      # a seeded reset restarts the environment, Eq. (12)'s counter too
             self.core.n_step = 0

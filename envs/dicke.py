@@ -57,8 +57,9 @@ class DickeBattery(Model):
 
     omegas:          TLS frequencies ω_j (units of ω_0 = 1), each in (0, 100]
     omega_c:         cavity frequency ω_c, in (0, 100]
-    n_max:           photon cutoff (Fock levels 0..n_max); None → :func:`default_n_max`
-    initial_photons: photons in the initial Fock state; None → N
+    n_max:           photon cutoff (Fock levels 0..n_max), > initial_photons (the initial Fock
+                     state strictly below the cutoff); None → :func:`default_n_max`
+    initial_photons: photons in the initial Fock state, in [0, 399]; None → N
     coupling_bound:  |λ| ≤ coupling_bound, the control channel's bounds
     """
 
@@ -78,11 +79,12 @@ class DickeBattery(Model):
         object.__setattr__(self, "coupling_bound",
                            check.finite_float("coupling_bound", self.coupling_bound, 0.0, 100.0, lo_open=True))
         n0 = len(om) if self.initial_photons is None else check.integer(
-            "initial_photons", self.initial_photons, 0, MAX_PHOTONS)
+            "initial_photons", self.initial_photons, 0, MAX_PHOTONS - 1)
         object.__setattr__(self, "initial_photons", n0)
         if self.n_max is None:
             object.__setattr__(self, "n_max", max(default_n_max(len(om), self.coupling_bound), 2 * n0))
-        object.__setattr__(self, "n_max", check.integer("n_max", self.n_max, max(1, n0), MAX_PHOTONS))
+        # |g…g⟩⊗|n0⟩ must lie strictly below the cutoff: in the top level a†|n0⟩ is truncated away
+        object.__setattr__(self, "n_max", check.integer("n_max", self.n_max, n0 + 1, MAX_PHOTONS))
 
     @classmethod
     def homogeneous(cls, n_tls: int, omega_0: float = 1.0, **kw) -> "DickeBattery":

@@ -49,10 +49,15 @@ class HistoryVectorEnv:
     _OWN = {"env", "window", "of", "obs_dim", "obs_low", "obs_high", "_stack", "base_dim"}
 
     def __init__(self, env: Any, window: int, of: str = "observations") -> None:
-        if not (isinstance(window, (int, np.integer)) and 1 <= window <= MAX_WINDOW):
+        if isinstance(window, bool) or not (isinstance(window, (int, np.integer)) and 1 <= window <= MAX_WINDOW):
             raise ValidationError("window", f"{window!r}", f"an integer in [1, {MAX_WINDOW}]")
         if of not in WINDOW_KINDS:
             raise ValidationError("of", f"{of!r}", ", ".join(WINDOW_KINDS))
+        missing = [a for a in ("obs_dim", "obs_low", "obs_high", "n_envs", "reset", "step", "normalise", "controls")
+                   if not hasattr(env, a)]
+        if missing:
+            raise ValidationError("env", f"{type(env).__name__} lacks {', '.join(missing)}",
+                                  "a ChargingVectorEnv (or an env with its API)")
         object.__setattr__(self, "env", env)
         object.__setattr__(self, "window", int(window))
         object.__setattr__(self, "of", of)

@@ -59,8 +59,12 @@ def check_omega_options(omega_range: Any, omega_spread: Any) -> tuple[tuple[floa
         if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 < lo < hi <= OMEGA_MAX):
             raise ValidationError("omega_range", f"({lo}, {hi})", "0 < lo < hi ≤ 100 (units ω_0)")
         return (lo, hi), None
-    s = float(omega_spread)
-    if not (math.isfinite(s) and 0.0 < s < 1.0):
+    try:
+        s = float(omega_spread)
+    except (TypeError, ValueError):
+        raise ValidationError("omega_spread", f"expected a number, got {omega_spread!r}",
+                              "a relative spread in (0, 1)") from None
+    if isinstance(omega_spread, bool) or not (math.isfinite(s) and 0.0 < s < 1.0):
         raise ValidationError("omega_spread", f"{omega_spread!r}", "a relative spread in (0, 1)")
     return None, s
 
@@ -78,8 +82,10 @@ class RandomisedChargingEnv(ChargingVectorEnv):
 
     def __init__(self, battery: DickeBattery | None = None, *, omega_range: tuple[float, float] | None = None,
                  omega_spread: float | None = None, omega_seed: int | None = None, **kwargs: Any) -> None:
-        super().__init__(battery=battery, **kwargs)
+        from qhil.drivers.backend import check_seed
         self.omega_range, self.omega_spread = check_omega_options(omega_range, omega_spread)
+        check_seed(omega_seed, "omega_seed")
+        super().__init__(battery=battery, **kwargs)
         self.nominal = self.battery
         self.omega_seed = int(np.random.default_rng(omega_seed).integers(2**63))   # None: fresh entropy
         self._round, self._repeat = -1, 0
@@ -112,6 +118,11 @@ def heldout_realisations(n: int, seed: int, omega_range: tuple[float, float] = (
                          n_tls: int = 4) -> list[tuple[float, ...]]:
     """``n`` disorder realisations ω ~ U[omega_range]^N from ``seed``: a held-out set when
     ``seed`` differs from the training draws' (continuous draws never coincide)."""
-    rng = np.random.default_rng(seed)
-    return [tuple(float(w) for w in rng.uniform(omega_range[0], omega_range[1], size=n_tls)) for _ in range(n)]
+    from qhil.drivers import _validate as check
+    from qhil.drivers.backend import check_seed
+    check.integer("n", n, 0, 1_000_000)
+    check.integer("n_tls", n_tls, 1, 10)
+    rng = np.random.default_rng(check_seed(seed))
+    lo, hi = check_omega_options(omega_range, None)[0]
+    return [tuple(float(w) for w in rng.uniform(lo, hi, size=n_tls)) for _ in range(n)]
 

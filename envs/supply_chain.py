@@ -49,6 +49,7 @@ needs a computational-basis target.
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections import deque
 from typing import Any, Sequence
 
@@ -140,6 +141,9 @@ class SupplyChainEnv(gym.Env):
         backend:                  a qhil Backend (default: a fresh exact statevector backend)
         fidelity_from:            "auto" (density when the backend gives it, else Z-strings),
                                   "density" or "measurement"
+
+    Actions: see :meth:`nominal_fields` (a bad discrete index or a non-finite action is refused;
+    a continuous action beyond [−1, 1] is clipped and reported in ``info["clipped"]``).
     """
 
     metadata = {"render_modes": []}
@@ -157,6 +161,7 @@ class SupplyChainEnv(gym.Env):
                  schedule: MeasurementSchedule | str | None = None,
                  backend: Backend | None = None, fidelity_from: str = "auto") -> None:
         super().__init__()
+        self.n_clipped, self._clipped_now, self._clip_warned = 0, 0, False
         n = check.integer("n_spins", n_spins, 1, 12)
         self.field_strength = check.finite_float("field_strength", field_strength, 0.0, 1000.0, lo_open=True)
         self.noise_level = check.finite_float("noise_level", noise_level, 0.0, 10.0)
@@ -200,6 +205,8 @@ class SupplyChainEnv(gym.Env):
         if not isinstance(schedule, MeasurementSchedule):
             raise ValidationError("schedule", f"expected a MeasurementSchedule, got {type(schedule).__name__}")
         self.schedule = schedule
+        if backend is not None and not isinstance(backend, Backend):
+            raise ValidationError("backend", f"expected a qhil Backend or None, got {type(backend).__name__}")
         self._own_backend = backend is None
         self.backend = backend if backend is not None else create_backend("statevector")
         if fidelity_from not in ("auto", "density", "measurement"):
@@ -251,13 +258,43 @@ class SupplyChainEnv(gym.Env):
         return self.model.n_spins
 
     def nominal_fields(self, action: Any) -> np.ndarray:
-        """Noise-free fields (N,) in units of J for an action (pattern index or Box vector)."""
+        """Noise-free fields (N,) in units of J for an action (pattern index or Box vector).
+
+        Discrete: an integer pattern index in 0..2^N − 1, else a ValidationError. Continuous:
+        finite numbers (else a ValidationError); components outside [−1, 1] are CLIPPED and
+        reported — ``info["clipped"]`` (components clipped this step), :attr:`n_clipped` (over
+        the env's life) and one ``RuntimeWarning`` per env naming the bounds; excursions
+        within 1e-6 are rounding and clipped silently."""
+        n_pat = len(self.patterns)
         if self.continuous:
-            a = np.clip(np.asarray(action, dtype=float).reshape(self.n_spins), -1.0, 1.0)
-            return a * self.field_strength
-        a = int(np.asarray(action).reshape(()))
-        if not 0 <= a < len(self.patterns):
-            raise ValidationError("action", f"{a} is out of range", f"0..{len(self.patterns) - 1}")
+            try:
+                a = np.asarray(action, dtype=float).reshape(self.n_spins)
+            except (TypeError, ValueError):
+                raise ValidationError("action", f"expected {self.n_spins} numbers, got {action!r}",
+                                      f"shape ({self.n_spins},) in [-1, 1]") from None
+            if not np.all(np.isfinite(a)):
+                raise ValidationError("action", f"{a.tolist()} is not finite", "numbers in [-1, 1]")
+            over = np.abs(a) > 1.0 + 1e-6
+            self._clipped_now = int(over.sum())
+            if self._clipped_now:
+                self.n_clipped += self._clipped_now
+                if not self._clip_warned:
+                    self._clip_warned = True
+                    warnings.warn(f"action {a.tolist()} outside the bounds [-1, 1] was clipped to them "
+                                  "(reported once per env; info['clipped'] and n_clipped count them)",
+                                  RuntimeWarning, stacklevel=3)
+            return np.clip(a, -1.0, 1.0) * self.field_strength
+        try:
+            x = np.asarray(action).reshape(())
+            a = int(x)
+            exact = float(x) == a
+        except (TypeError, ValueError, OverflowError):
+            raise ValidationError("action", f"expected a pattern index, got {action!r}", f"0..{n_pat - 1}") from None
+        if not exact or isinstance(action, (bool, np.bool_)):
+            raise ValidationError("action", f"{action!r} is not an integer pattern index", f"0..{n_pat - 1}")
+        if not 0 <= a < n_pat:
+            raise ValidationError("action", f"{a} is out of range", f"0..{n_pat - 1}")
+        self._clipped_now = 0
         return self.patterns[a] * self.field_strength
 
     def _noisy(self, fields: np.ndarray) -> np.ndarray:
@@ -290,11 +327,12 @@ class SupplyChainEnv(gym.Env):
     # -- gymnasium API -------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
-        super().reset(seed=seed)
+        from qhil.drivers.backend import check_seed
+        super().reset(seed=check_seed(seed))
         sq, ss = self.np_random.integers(2 ** 62, size=2)
         self._rng_q = np.random.default_rng(int(sq))     # field noise, backend seeds
         self._rng_sc = np.random.default_rng(int(ss))    # demand, disruptions
-        self._t = 0
+        self._t, self._clipped_now = 0, 0
         self._exp = Experiment(self.model, np.zeros((0, self.n_spins)), self.dt, self._run_schedule)
         self.inventory = np.full(self.n_warehouses, self.initial_inventory)
         self.last_demand = np.zeros(self.n_warehouses)
@@ -364,7 +402,7 @@ class SupplyChainEnv(gym.Env):
     def _info(self) -> dict[str, Any]:
         return {"fidelity": self.fidelity, "security": self.security, "emission": self.emission,
                 "co2_total": self.co2_total, "inventory": self.inventory.copy(), "t": self._t,
-                "time": self._t * self.dt}
+                "time": self._t * self.dt, "clipped": self._clipped_now}
 
 
 #: The seed's name for this environment (Sec. III-C1, Table I); the same class.

@@ -45,8 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``qhil argv``; returns the exit status (a refused option: 2, after argparse's
+    message; ``--help``: 0), so in-process callers get a status, never a SystemExit from parsing."""
     from qhil.drivers import QhilError
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     try:
         return int(args.func(args) or 0)
     except QhilError as exc:

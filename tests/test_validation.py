@@ -37,9 +37,12 @@ def test_bad_cutoff(n_max):
         DickeBattery(n_max=n_max)
 
 
-def test_cutoff_below_initial_photons():
-    with raises("n_max", "[4, 400]"):
-        DickeBattery(n_max=3)
+@pytest.mark.parametrize("n_max", [3, 4])
+def test_cutoff_at_or_below_initial_photons(n_max):
+    """|g…g⟩⊗|N⟩ (N = 4) must sit strictly below the cutoff: n_max = 4 puts it in the top level."""
+    with raises("n_max", "[5, 400]"):
+        DickeBattery(n_max=n_max)
+    assert DickeBattery(n_max=5).initial_state()[4] == 1.0
 
 
 @pytest.mark.parametrize("dt", [0.0, -0.2, np.nan, np.inf, 1e4, "x"])

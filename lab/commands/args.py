@@ -39,7 +39,7 @@ def _fmt(x: float | None, default: str) -> str:
 
 def int_in(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
     """An integer in [low, high] (either end may be None: unbounded)."""
-    allowed = f"an integer in [{_fmt(low, '−∞')}, {_fmt(high, '∞')}]"
+    allowed = f"an integer in [{'−∞' if low is None else low}, {'∞' if high is None else high}]"
 
     def parse(text: str) -> int:
         try:
