@@ -121,7 +121,7 @@ class RunLog:
         try:
             db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             try:
-                while True:
+                while not self._closing:     # (re-checked: the clear() below may swallow close()'s set())
                     self._written.wait()
                     if self._closing:
                         return
@@ -537,8 +537,10 @@ class LabServer:
         raw = [f.buffer for f in frames[1:]]
         try:
             if extra:
-                raise error("bad_frame", f"{len(raw) + extra} frames; a message has at most "
+                exc = error("bad_frame", f"{len(raw) + extra} frames; a message has at most "
                             f"{wire.MAX_FRAMES} (signature, header, ≤{wire.MAX_ARRAYS} arrays)")
+                exc.request_id = wire.peek_id(raw)
+                raise exc
             if self.allow_list is not None and len(frames) > 1 and not self.allow_list.allows(
                     frames[1].get("User-Id")):
                 raise error("auth_refused", "this client's key is no longer in the server's allow-list")
