@@ -229,7 +229,7 @@ def test_partial_trace_with_overlapping_level_groups():
     """Sector levels whose qubit configurations overlap without being equal (level 0: q ∈ {0, 1},
     level 1: q ∈ {1, 2}) must add up, not overwrite, in the reduced state."""
     from qhil.drivers.propagate import ChebyshevPropagator
-    model = DickeBattery(omegas=[1.0, 1.2], n_max=2)               # aux_dim 3, q ∈ 0..3
+    model = DickeBattery(omegas=[1.0, 1.2], n_max=2, initial_photons=1)   # aux_dim 3, q ∈ 0..3
     aux = model.aux_dim
     sector = np.array(sorted([0 * aux + 0, 1 * aux + 0, 1 * aux + 1, 2 * aux + 1]))
     prop = ChebyshevPropagator(model, sector=sector)
