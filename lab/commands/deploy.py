@@ -39,6 +39,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from qhil.drivers import Backend
+
 from .args import choice_list, float_in, int_in, json_object, output_file
 
 #: what ``--allow-mismatch`` may let through
@@ -247,22 +249,31 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-class RecordingBackend:
-    """A backend that hands every (experiment, result) to ``record`` and otherwise is ``backend``."""
+class RecordingBackend(Backend):
+    """``backend`` itself, except that every (experiment, result) it runs is handed to ``record``."""
 
-    def __init__(self, backend: Any, record: Callable[[Any, Any], None]) -> None:
-        self._backend, self._record = backend, record
+    def __init__(self, backend: Backend, record: Callable[[Any, Any], None]) -> None:
+        super().__init__(None)
+        self.inner, self._record = backend, record
+        self.name = backend.name
+
+    @property
+    def capabilities(self) -> Any:
+        return self.inner.capabilities
 
     def run(self, experiments: Any, *, seed: int | None = None) -> list[Any]:
         from qhil.drivers import Experiment
         batch = [experiments] if isinstance(experiments, Experiment) else list(experiments)
-        results = self._backend.run(batch, seed=seed)
+        results = self.inner.run(batch, seed=seed)
         for e, r in zip(batch, results):
             self._record(e, r)
         return results
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._backend, name)
+    def _run(self, batch: list, seeds: Any) -> list:       # never called: run() delegates
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
 
 
 class ExperimentLog:
@@ -434,10 +445,32 @@ def deploy(args: argparse.Namespace) -> dict[str, Any]:
         doc["cost"] = {**log.totals(), "wall_s": time.perf_counter() - t_start}
         if model.kind == "dicke":
             doc["prediction"] = simulate_protocol(model, played, dt)
+            doc["agreement"] = agreement(doc)
         doc["log"] = str(args.log)
     finally:
         log.close()
     return doc
+
+
+def agreement(doc: dict[str, Any]) -> dict[str, Any]:
+    """Measured vs the simulator's prediction for the played protocol: the largest |ΔE_j|
+    (units ω_0) and |ΔE_j|/stderr over the measured steps, and the tomography ergotropy's
+    deviation in units of its stated σ."""
+    m, sim = doc["measured"], doc["prediction"]
+    out: dict[str, Any] = {}
+    if m["steps"]:
+        e = np.asarray(m["energies"])
+        ref = np.asarray(sim["energies"])[[sim["steps"].index(k) for k in m["steps"]]]
+        dev = np.abs(e - ref)
+        se = np.asarray(m["stderr"])
+        out["max_abs_energy_error"] = float(dev.max())
+        out["max_energy_error_over_stderr"] = float(np.max(dev[se > 0] / se[se > 0])) if np.any(se > 0) else None
+    tomo = doc.get("tomography")
+    if tomo:
+        est = tomo["ergotropy"]
+        out["ergotropy_error"] = est["value"] - sim["ergotropy"][-1]
+        out["ergotropy_error_over_std"] = out["ergotropy_error"] / est["std"] if est["std"] > 0 else None
+    return out
 
 
 def _open_loop(args: argparse.Namespace, model: Any, backend: Any, controls: np.ndarray, dt: float,
@@ -609,6 +642,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         lines.append(f"  ergotropy from tomography: {doc['tomography']['text']}")
     if doc.get("prediction"):
         lines.append(f"  simulator's prediction for the played protocol: ℰ = {doc['prediction']['ergotropy'][-1]:.4f}")
+        a = doc["agreement"]
+        if "max_abs_energy_error" in a:
+            ratio = a["max_energy_error_over_stderr"]
+            lines.append(f"  measured E_j vs the simulator: max |ΔE_j| = {a['max_abs_energy_error']:.2e} ω₀"
+                         + (f" ({ratio:.1f} stderr)" if ratio is not None else ""))
     if doc.get("policy_prediction"):
         lines.append(f"  the same policy on the simulator: ℰ = {doc['policy_prediction']['ergotropy']:.4f}")
     dev = "n/a (simulator)" if c["device_s"] is None else f"{c['device_s']:.2f} s"

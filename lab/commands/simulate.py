@@ -60,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--dt", type=float_in(0.0, 1e3, low_open=True), required=True,
                    help="step length Δt in (0, 1000] (units of 1/ω_0)")
     s.add_argument("--controls", type=_controls, required=True,
-                   help="'0.3,0.3,…' one value per step; '0.3*28' repeats; rows ';' for several channels; write --controls=-0.3,… when the first value is negative")
+                   help="'0.3,0.3,…' one value per step; '0.3*28' repeats; rows ';' for several channels (a leading minus sign is fine)")
     s.add_argument("--backend", default="statevector", help="statevector | aer | zmq://host:port")
     s.add_argument("--regime", default="energies",
                    help="full_state | energies | first_order | second_order | tomography | comma-separated Pauli labels")
