@@ -86,7 +86,7 @@ def _is_noise_model(obj: Any) -> bool:
     return type(obj).__name__ == "NoiseModel" and hasattr(obj, "to_dict")
 
 
-#: The NoiseModel attributes qhil reads (qiskit-aer keeps them private; tested with 0.15–0.18.2).
+#: The NoiseModel attributes qhil reads (qiskit-aer keeps them private; tested with qiskit-aer 0.18.2).
 NOISE_MODEL_ATTRIBUTES = ("_default_quantum_errors", "_local_quantum_errors", "_default_readout_error",
                           "_local_readout_errors", "_custom_noise_passes")
 
