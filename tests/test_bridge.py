@@ -247,17 +247,18 @@ def test_deploy_open_and_closed_loop(lab, tmp_path):
     log = tmp_path / "deploy.jsonl"
     out = tmp_path / "out.json"
     assert main(["deploy", "--endpoint", lab.spec, "--protocol", str(proto), "--shots", "0",
-                 "--log", str(log), "--out", str(out), "--every", "3"]) == 0
+                 "--log", str(log), "--out", str(out), "--every", "3", "--no-tomography"]) == 0
     doc = json.loads(out.read_text())
     ref = exact(CONTROLS, MeasurementSchedule("energies", every=3))
-    assert np.allclose(doc["values"], ref.values, atol=1e-6) and doc["steps"] == [0, 3, 6]
+    assert np.allclose(doc["measured"]["energies"], MODEL.tls_energies_from_z(ref.values), atol=1e-6)
+    assert doc["measured"]["steps"] == [0, 3, 6] and doc["tomography"] is None
     pol = tmp_path / "pol.py"
     pol.write_text("def act(obs, step):\n    return 0.3 if step % 2 == 0 else -0.1\n")
     before = {row[0] for row in lab.rows()}
     assert main(["deploy", "--endpoint", lab.spec, "--policy", f"{pol}:act", "--steps", "4", "--dt", "0.2",
-                 "--shots", "50", "--log", str(log), "--out", str(out)]) == 0
+                 "--shots", "50", "--log", str(log), "--out", str(out), "--no-tomography"]) == 0
     doc = json.loads(out.read_text())
-    assert doc["controls"] == [[0.3], [-0.1], [0.3], [-0.1]] and doc["experiments"] == 5
+    assert doc["controls"] == [[0.3], [-0.1], [0.3], [-0.1]] and doc["cost"]["experiments"] == 5
     logged = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(logged) == 6
     new = {row[0] for row in lab.rows()} - before
