@@ -830,7 +830,7 @@ class LabServer:
         if not inside.all():
             k, c = np.argwhere(~inside)[0]
             ch = dev.channels[c]
-            raise error("out_of_bounds", f"controls[{k}, {ch.name}] = {u[k, c]!r} is outside "
+            raise error("out_of_bounds", f"controls[{k}, {ch.name}] = {float(u[k, c])!r} is outside "
                         f"[{ch.lower:g}, {ch.upper:g}] {ch.units}", f"controls[{k}, {ch.name}]")
         np.minimum(u, hi, out=u)                      # clip what lies within the tolerance
         np.maximum(u, lo, out=u)
