@@ -45,7 +45,7 @@ def parse_frequency(freq: str | int) -> tuple[int, bool]:
     s = str(freq).strip().lower()
     if s in ("final", "final_only"):
         return 1, True
-    if s.isdigit() and 1 <= int(s) <= 1000:
+    if s.isascii() and s.isdecimal() and 1 <= int(s) <= 1000:
         return int(s), False
     raise ValidationError("frequency", f"{freq!r}", "'1' (every step), 'm' (every m-th step, 1..1000) or 'final'")
 

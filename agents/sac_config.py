@@ -19,8 +19,10 @@ from qhil.envs.charging import scheduled_weight
 
 from ._checks import check_network_and_replay
 
-#: Largest |w_mean| (steps): :func:`qhil.lab.commands.train.fixed_weight_schedule` uses ±1e21.
-W_MEAN_MAX = 1e30
+#: Largest |w_mean|, w_width and entropy_decay (steps): a fixed weight
+#: (:func:`qhil.lab.commands.train.fixed_weight_schedule`) uses ±1e21 and 1e18, times the
+#: schedule scale total_steps/reference_steps of :meth:`SACConfig.scaled` (≤ 10^6 here).
+W_MEAN_MAX = 1e27
 
 
 @dataclass
@@ -68,7 +70,7 @@ class SACConfig:
         check.finite_float("alpha_init", self.alpha_init, 0.0, 1e6, lo_open=True)
         check.finite_float("entropy_start", self.entropy_start, -1e6, 1e6)
         check.finite_float("entropy_end", self.entropy_end, -1e6, 1e6)
-        check.finite_float("entropy_decay", self.entropy_decay, 0.0, 1e30, lo_open=True)
+        check.finite_float("entropy_decay", self.entropy_decay, 0.0, W_MEAN_MAX, lo_open=True)
         check.finite_float("w_mean", self.w_mean, -W_MEAN_MAX, W_MEAN_MAX)
         check.finite_float("w_width", self.w_width, 0.0, W_MEAN_MAX, lo_open=True)
         check.integer("reference_steps", self.reference_steps, 1, 10**12)

@@ -105,3 +105,145 @@ def test_chain_parameters():
         XYChain(n_spins=0)
     with raises("initial_bits"):
         XYChain(n_spins=3, initial_bits="10")
+
+
+# -- issue 16: seeds, options and the command line ---------------------------------------------
+@pytest.mark.parametrize("seed", [-1, 2**63, 1.5, "1", True])
+def test_bad_backend_seed(seed):
+    with raises("seed", "[0, "):
+        create_backend("statevector", seed=seed)
+    with raises("seed"):
+        create_backend("statevector").run(Experiment(DickeBattery(n_max=6), [0.1], 0.2), seed=seed)
+
+
+def test_unknown_backend_option_is_named():
+    with raises("bogus", "seed"):
+        create_backend("statevector", bogus=1)
+
+
+def test_sac_config_file_errors_name_the_config(tmp_path):
+    from qhil.agents.sac_config import SACConfig
+    (tmp_path / "bad.json").write_text("{bad")
+    (tmp_path / "list.json").write_text("[1]")
+    (tmp_path / "gamma.json").write_text('{"gamma": 2}')
+    for name, param in (("missing.json", "config"), ("bad.json", "config"), ("list.json", "config"),
+                        ("gamma.json", "gamma")):
+        with raises(param):
+            SACConfig.from_file(tmp_path / name)
+    with raises("hiden"):
+        SACConfig.from_dict({"hiden": [1]})
+    with raises("hidden"):
+        SACConfig.from_dict({"hidden": ["a"]})
+
+
+def _cli(argv, capsys):
+    from qhil.lab.cli import main
+    rc = main(argv)
+    return rc, capsys.readouterr().err
+
+
+def test_plain_negative_values_are_values_not_options():
+    from qhil.lab.cli import build_parser
+    p = build_parser()
+    for text, want in (("-0.1,0.2", [-0.1, 0.2]), ("-0.3*4", [-0.3] * 4), ("-.1", [-0.1]), ("-1e-2,0", [-0.01, 0.0])):
+        ns = p.parse_args(["simulate", "--dt", "0.2", "--controls", text])
+        assert np.allclose(np.ravel(ns.controls), want), (text, ns.controls)
+    assert p.parse_args(["sweep", "noise", "--probs", "0.1,0.2"]).probs == [0.1, 0.2]
+
+
+def test_a_plain_negative_value_is_refused_by_its_own_range(capsys):
+    rc, err = _cli(["sweep", "lr", "--lr", "-1"], capsys)
+    assert rc == 2 and "argument --lr" in err and "expected one argument" not in err
+    rc, err = _cli(["sweep", "lr", "--lrs", "-0.1,0.2"], capsys)
+    assert rc == 2 and "argument --lrs" in err and "-0.1" in err
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["reproduce", "table1", "--jobs", "0"], "--jobs"),
+    (["reproduce", "table1", "--seeds", "-5"], "--seeds"),
+    (["reproduce", "table1", "--train-args", "--gamma 2"], "--train-args"),
+    (["reproduce", "table1", "--train-args", "--run x"], "--train-args"),
+    (["reproduce", "figS2", "--weights", "scheduled,2"], "--weights"),
+    (["reproduce", "robust", "--omega-range", "1.5,0.5"], "--omega-range"),
+    (["study", "measurement", "--frequencies", "0"], "--frequencies"),
+    (["study", "measurement", "--shots", "0"], "--shots"),
+    (["study", "open-closed", "--levels", "drift:nan"], "--levels"),
+    (["sweep", "n", "--ns", "1"], "--ns"),
+    (["sweep", "noise", "--probs", "nan"], "--probs"),
+])
+def test_owned_commands_refuse_before_work(argv, flag, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, err = _cli(argv, capsys)
+    assert rc == 2 and f"argument {flag}" in err and "Traceback" not in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unusable_output_folder_is_refused_before_work(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    rc, err = _cli(["sweep", "lr", "--out", str(tmp_path / "afile" / "o"), "--work-dir", str(tmp_path / "w")],
+                   capsys)
+    assert rc == 2 and "argument --out" in err
+    assert not (tmp_path / "w").exists()
+
+
+def test_run_jobs_refuses_zero_jobs(tmp_path):
+    import argparse
+
+    from qhil.lab.commands.reproduce import run_jobs
+    with raises("--jobs", "[1, 64]"):
+        run_jobs([("a", [])], argparse.Namespace(jobs=0, what="table1"), tmp_path)
+
+
+class _FailedProcess:
+    """Stands in for a `qhil train` process that exits 1 at once."""
+
+    def __init__(self, *a, **k):
+        self.returncode = 1
+
+    def poll(self):
+        return 1
+
+
+def test_reproduce_exits_1_without_a_nan_table_when_every_run_failed(tmp_path, capsys, monkeypatch):
+    import subprocess
+
+    from qhil.lab.commands import reproduce
+    monkeypatch.setattr(reproduce.subprocess, "Popen", _FailedProcess)
+    monkeypatch.setattr(reproduce.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1))
+    monkeypatch.setattr(reproduce.time, "sleep", lambda s: None)
+    argv = ["reproduce", "table1", "--envs", "env1", "--regimes", "energies", "--seeds", "2",
+            "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")]
+    rc, err = _cli(argv, capsys)
+    assert rc == 1 and "all 2 run(s) failed" in err
+    assert not (tmp_path / "o" / "table1.csv").exists()
+    # one run finished before, one fails now: the table of the finished one, still exit 1
+    summary = {"best_explored": {"ergotropy": 3.9}, "deterministic": {"ergotropy": 3.8},
+               "config": {"env": "env1", "regime": "energies"}}
+    (tmp_path / "w" / "summaries").mkdir(parents=True)
+    (tmp_path / "w" / "summaries" / "env1_energies_seed0.json").write_text(__import__("json").dumps(summary))
+    rc, err = _cli(argv, capsys)
+    assert rc == 1 and "1 of 2 run(s) failed" in err
+    assert "3.9" in (tmp_path / "o" / "table1.csv").read_text()
+
+
+def test_sweep_exits_1_when_runs_fail(tmp_path, capsys, monkeypatch):
+    import qhil.agents.supply_sweep as ss
+
+    def boom(spec, work):
+        raise RuntimeError("training diverged")
+    monkeypatch.setattr(ss, "run_one", boom)
+    rc, err = _cli(["sweep", "n", "--ns", "2", "--seeds", "1", "--agents", "dqn", "--work-dir", str(tmp_path / "w"),
+                    "--out", str(tmp_path / "o")], capsys)
+    assert rc == 1 and "FAILED (RuntimeError: training diverged)" in err and "all 1 run(s) failed" in err
+
+
+def test_study_measurement_exits_1_when_a_configuration_fails(tmp_path, capsys, monkeypatch):
+    import qhil.agents.measurement_study as ms
+
+    def boom(*a, **k):
+        raise RuntimeError("NaN reward")
+    monkeypatch.setattr(ms, "run_config", boom)
+    rc, err = _cli(["study", "measurement", "--regimes", "energies", "--shots", "exact", "--frequencies", "1",
+                    "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")], capsys)
+    assert rc == 1 and "1 of 1 configuration(s) failed" in err and "NaN reward" in err
+    assert not (tmp_path / "o" / "measurement_study.csv").exists()

@@ -161,10 +161,11 @@ def shots(low: int = 1, high: int = 10_000_000) -> Callable[[str], int | None]:
     return parse
 
 
-def checked(check: Callable[[str], Any], name: str = "value") -> Callable[[str], Any]:
+def checked(check: Callable[[str], Any], name: str = "value", kind: str = "text") -> Callable[[str], Any]:
     """A parser from a function that validates the text (raising
     :class:`~qhil.drivers.ValidationError`, ``ValueError`` or ``SystemExit`` with a message) and
-    returns the parsed value; its failures become argparse errors naming the option."""
+    returns the parsed value; its failures become argparse errors naming the option. ``kind``
+    says what the text is (``text``, ``input_file``, …; for help and the fuzz harness)."""
     def parse(text: str) -> Any:
         try:
             return check(text)
@@ -174,7 +175,7 @@ def checked(check: Callable[[str], Any], name: str = "value") -> Callable[[str],
             raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
     parse.__name__ = name
-    _describe(parse, "text")
+    _describe(parse, kind)
     return parse
 
 

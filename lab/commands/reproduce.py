@@ -143,7 +143,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(see the module docstring)")
     s.add_argument("--total-steps", type=A.int_in(1, MAX_STEPS), default=None,
                    help="environment steps per run (resume with the same value; default: the set-up's)")
-    s.add_argument("--config", type=A.checked(_sac_config_file, "SAC options file"), default=None,
+    s.add_argument("--config", type=A.checked(_sac_config_file, "SAC options file", "input_file"), default=None,
                    help="SAC options file (JSON/TOML) passed to every run")
     s.add_argument("--windows", type=A.checked(_windows, "windows"), default=None,
                    help="table1: window per regime (memory), e.g. 'energies=28,second_order=actions:28': "
