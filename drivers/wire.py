@@ -78,8 +78,15 @@ class BridgeError(QhilError):
     """An error from the lab bridge: ``code`` (see :data:`ERROR_CODES`), ``retryable``, and
     for remote errors the ``parameter`` the server named."""
 
+    #: longer messages are cut (they may quote a client's input: replies and logs stay small)
+    MAX_MESSAGE = 1000
+
     def __init__(self, code: str, message: str, retryable: bool = False,
                  parameter: str | None = None) -> None:
+        if len(message) > self.MAX_MESSAGE:
+            message = message[:self.MAX_MESSAGE] + " …(cut)"
+        if parameter is not None and len(parameter) > 200:
+            parameter = parameter[:200] + "…"
         self.code = code
         self.retryable = bool(retryable)
         self.parameter = parameter

@@ -39,7 +39,9 @@ def free_port() -> int:
 class LabProcess:
     """`qhil lab serve` in a subprocess; always killed at teardown."""
 
-    def __init__(self, tmp: Path, port: int, *extra: str, run_log: Path | None = None) -> None:
+    def __init__(self, tmp: Path, port: int | None = None, *extra: str, run_log: Path | None = None) -> None:
+        """port None: the first start lets the server pick a free port (``:*``, read from its
+        READY line); restarts reuse that port."""
         self.tmp, self.port, self.extra = tmp, port, list(extra)
         self.run_log = run_log or tmp / f"runs-{port}.sqlite"
         self.proc: subprocess.Popen | None = None
@@ -50,7 +52,7 @@ class LabProcess:
         return f"zmq://127.0.0.1:{self.port}"
 
     def start(self, *extra: str) -> "LabProcess":
-        args = [sys.executable, "-m", "qhil.lab.cli", "lab", "serve", "--bind", f"tcp://127.0.0.1:{self.port}",
+        args = [sys.executable, "-m", "qhil.lab.cli", "lab", "serve", "--bind", f"tcp://127.0.0.1:{self.port or '*'}",
                 "--run-log", str(self.run_log), *MODEL_ARGS, *(extra or self.extra)]
         err = open(self.tmp / f"server-{self.port}-{self.starts}.err", "w")
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True)
@@ -65,6 +67,7 @@ class LabProcess:
         if not line.startswith("READY"):
             self.stop()
             raise RuntimeError(f"lab server failed: {line!r} {(self.tmp / err.name).read_text()[-2000:]}")
+        self.port = int(line.split()[1].rsplit(":", 1)[1])
         return self
 
     def kill(self) -> None:
@@ -90,7 +93,7 @@ class LabProcess:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """Emulator with exact mode and a small message limit (256 KiB)."""
-    srv = LabProcess(tmp_path_factory.mktemp("lab"), free_port(), "--allow-exact",
+    srv = LabProcess(tmp_path_factory.mktemp("lab"), None, "--allow-exact",
                      "--max-message-bytes", str(256 * 1024))
     srv.start()
     yield srv
@@ -440,7 +443,7 @@ def test_restart_mid_episode_runs_nothing_twice(tmp_path):
     """Execution 1 hits an injected device fault (retried); the server dies right after logging
     execution 3, before replying; later it is SIGKILLed between steps. The episode completes,
     the stored result of the crashed request is returned, and the log has each experiment once."""
-    srv = LabProcess(tmp_path, free_port())
+    srv = LabProcess(tmp_path, None)
     srv.start("--allow-exact", "--crash-after", "3", "--inject-faults", "1")
     sched = MeasurementSchedule("energies", final_only=True, shots=None)
     K = 6
@@ -478,7 +481,7 @@ def test_curve_refuses_unauthorised_client(tmp_path):
     for name in ("server", "alice", "mallory"):
         assert main(["lab", "keygen", str(keys), "--name", name]) == 0
     os.replace(keys / "alice.key", allowed / "alice.key")
-    srv = LabProcess(tmp_path, free_port(), "--curve-secret", str(keys / "server.key_secret"),
+    srv = LabProcess(tmp_path, None, "--curve-secret", str(keys / "server.key_secret"),
                      "--allowed-keys", str(allowed))
     srv.start()
     try:
@@ -663,7 +666,7 @@ def test_supply_chain_episode_through_bridge(tmp_path):
     same observations, rewards and fidelities as on the exact driver, where the bridge's
     fidelity comes from the measured Z strings (no state comes back over the wire)."""
     from qhil.envs import SupplyChainEnv
-    srv = LabProcess(tmp_path, free_port(), "--model", "xy_chain", "--n-spins", "3", "--field-bound", "6.0",
+    srv = LabProcess(tmp_path, None, "--model", "xy_chain", "--n-spins", "3", "--field-bound", "6.0",
                      "--allow-exact").start()
     backend = create_backend(srv.spec, seed=5, timeout=10, retries=2, heartbeat=0.3)
     try:

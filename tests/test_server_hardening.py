@@ -334,8 +334,14 @@ def test_fuzzing_leaves_a_serving_server(raw):
 
 
 @pytest.mark.parametrize("case", ["huge string id", "huge list body", "huge labels", "huge steps",
-                                  "many frames", "unicode garbage", "wrong types"])
+                                  "many frames", "unicode garbage", "wrong types", "huge dt", "huge field name"])
 def test_huge_and_wrong_fields(raw, case):
+    if case in ("huge dt", "huge field name"):        # echoed in the message: cut, so replies/logs stay small
+        body = {"dt": "x" * 100_000} if case == "huge dt" else {"y" * 100_000: 1}
+        reply = assert_error(raw.call(wire.encode(run_msg(**body))), "bad_request")
+        assert len(reply.body["error"]["message"]) <= wire.BridgeError.MAX_MESSAGE + 10
+        assert_serving(raw)
+        return
     if case == "huge string id":
         frames = [wire.SIGNATURE, header(id="x" * 200_000)]
         code = "bad_request"
@@ -667,6 +673,7 @@ BAD_SERVE = {
     "--allowed-keys": ["--allowed-keys", "."],
     "--device": ["--device", "laser"],
     "--device exec": ["--device", "exec:"],
+    "--device exec missing": ["--device", "exec:/nonexistent/program"],
     "--omegas": ["--omegas", "1,nan"],
     "--n-max": ["--n-max", "0"],
     "--seed": ["--seed", "-3"],

@@ -67,15 +67,17 @@ def bind_endpoint(text: str) -> str:
 
 
 def device_spec(text: str) -> str:
-    """``--device``: ``emulator``, ``null`` or ``exec:PATH`` (an existing program)."""
+    """``--device``: ``emulator``, ``null`` or ``exec:PATH`` (an executable file, or a bare
+    program name found on PATH); the string is passed on to ``create_device``."""
     if text in ("emulator", "null"):
         return text
     if text.startswith("exec:"):
+        import shutil
         prog = text[5:]
         if not prog:
             raise argparse.ArgumentTypeError("exec: needs a program path (exec:PATH)")
-        if not (os.path.isfile(prog) and os.access(prog, os.X_OK)):
-            raise argparse.ArgumentTypeError(f"{prog!r} is not an executable file")
+        if shutil.which(prog) is None:
+            raise argparse.ArgumentTypeError(f"{prog!r} is not an executable file (or a program on PATH)")
         return text
     raise argparse.ArgumentTypeError(f"unknown device {text!r} (allowed: emulator, null, exec:PATH)")
 
@@ -245,6 +247,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         opts = dict(rise_time=args.rise_time, amplitude_error=args.amplitude_error,
                     frequency_drift=args.frequency_drift, readout_error=args.readout_error,
                     allow_exact=args.allow_exact, seed=args.seed, fault_next=args.inject_faults)
+    elif args.device.startswith("exec:"):
+        opts = dict(allow_exact=args.allow_exact)
     try:
         device = create_device(args.device, model, **opts)
     except (QhilError, ValueError, TypeError, OSError) as exc:
