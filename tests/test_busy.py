@@ -109,22 +109,24 @@ def test_job_far_longer_than_its_estimate_completes(slow_server):
     assert all(abs(info["started_at"] - running[0]["started_at"]) < 1e-6 for info in running)
 
 
-def test_queued_request_reports_its_place(tmp_path):
-    """A pipelined batch on a slow device: the second request is reported queued (nothing
-    ahead of it but the running one), then running; each runs once."""
-    srv = ThreadServer(SlowDevice(MODEL, 1.0), tmp_path / "runs.sqlite")
+def test_queued_requests_report_their_place(tmp_path):
+    """A pipelined batch of three on a slow device: the third is first reported queued with
+    one request queued before it, then none, then running; each runs once, in order."""
+    srv = ThreadServer(SlowDevice(MODEL, 0.7), tmp_path / "runs.sqlite")
     seen: list[tuple[str, dict]] = []
     try:
-        with create_backend(srv.spec, seed=2, timeout=0.5, heartbeat=0.2, retries=0,
+        with create_backend(srv.spec, seed=2, timeout=0.5, heartbeat=0.1, retries=0,
                             progress=lambda rid, info: seen.append((rid, info))) as b:
-            batch = [Experiment(MODEL, CONTROLS * f, 0.2, SCHED) for f in (1.0, 0.5)]
+            batch = [Experiment(MODEL, CONTROLS * f, 0.2, SCHED) for f in (1.0, 0.5, 0.25)]
             results = b.run(batch)
-        first, second = (r.metadata["bridge"]["request_id"] for r in results)
-        states = [info["state"] for i, info in seen if i == second]
-        assert states[0] == "queued" and states[-1] == "running"
-        assert [info["ahead"] for i, info in seen if i == second and info["state"] == "queued"][0] == 0
-        assert "queued" not in [info["state"] for i, info in seen if i == first][1:]
-        assert srv.executions(first) == srv.executions(second) == 1
+        ids = [r.metadata["bridge"]["request_id"] for r in results]
+        third = [(info["state"], info.get("ahead")) for i, info in seen if i == ids[2]]
+        places = [a for st, a in third if st == "queued"]
+        assert places[0] == 1 and places[-1] == 0 and places == sorted(places, reverse=True)
+        states = [st for st, _ in third]
+        assert states[-1] == "running" and "queued" not in states[states.index("running"):]
+        assert "queued" not in [info["state"] for i, info in seen if i == ids[0]][1:]
+        assert [srv.executions(r) for r in ids] == [1, 1, 1]
     finally:
         srv.close()
 
