@@ -19,6 +19,7 @@ and the security / CO2 terms are not part of their objective.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -26,6 +27,8 @@ import numpy as np
 from scipy.optimize import minimize
 
 from qhil.drivers import Model, ValidationError
+from qhil.drivers import _validate as check
+from qhil.drivers.backend import check_seed
 from qhil.drivers.pauli import pauli_matrix
 from qhil.drivers.propagate import invariant_sector
 
@@ -141,10 +144,25 @@ def grape(model: Model, n_steps: int, dt: float, *, psi0: np.ndarray | None = No
     schedule (default uniform random within the bounds, from ``seed``); ``restarts`` random
     starts, the best is kept (the first uses ``init`` when given).
     """
+    if not isinstance(model, Model):
+        raise ValidationError("model", f"expected a qhil Model, got {type(model).__name__}")
+    n_steps = check.integer("n_steps", n_steps, 1, 100_000)
+    dt = check.finite_float("dt", dt, 0.0, 1e6, lo_open=True)
+    maxiter = check.integer("maxiter", maxiter, 1, 10**7)
+    restarts = check.integer("restarts", restarts, 1, 10_000)
+    _step_weights(objective, 1)                                   # the objective's name
     lo_m, hi_m, _ = model.control_bounds
-    lo, hi = (float(lo_m.min()), float(hi_m.max())) if bounds is None else map(float, bounds)
+    if bounds is None:
+        lo, hi = float(lo_m.min()), float(hi_m.max())
+    else:
+        try:
+            lo, hi = (float(b) for b in bounds)
+        except (TypeError, ValueError):
+            raise ValidationError("bounds", f"{bounds!r}", "(lo, hi), finite, lo < hi") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValidationError("bounds", f"({lo}, {hi})", "(lo, hi), finite, lo < hi")
     n = len(model.controls)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     best: GrapeResult | None = None
     for r in range(max(1, restarts)):
         x0 = np.asarray(init, dtype=float).reshape(n_steps, n) if (init is not None and r == 0) \
@@ -305,7 +323,8 @@ class MPCPolicy:
         self.env = env.unwrapped
         if objective not in ("sum", "final"):
             raise ValidationError("objective", f"unknown objective {objective!r}", "sum, final")
-        self.horizon, self.objective, self.maxiter = int(horizon), objective, int(maxiter)
+        self.horizon = check.integer("horizon", horizon, 1, 6)
+        self.objective, self.maxiter = objective, check.integer("maxiter", maxiter, 1, 10**6)
         model = self.env.model
         self.target = self.env.target
         if not self.env.continuous:
@@ -370,7 +389,7 @@ class RandomPolicy:
 
     def __init__(self, env: Any, seed: int | None = 0) -> None:
         self.space = env.action_space
-        self.space.seed(seed)
+        self.space.seed(check_seed(seed))
 
     def reset(self) -> None:
         pass

@@ -117,6 +117,18 @@ def _runspec(**kw: Any) -> Any:
     return RunSpec(**({"sweep": "lr", "agent": "dqn", "seed": 0, "episodes": 1} | kw))
 
 
+def _grape(**kw: Any) -> Any:
+    from qhil.agents.chain_control import grape
+    from qhil.envs import XYChain
+    return grape(**({"model": XYChain(n_spins=2), "n_steps": 2, "dt": 0.3, "maxiter": 2} | kw))
+
+
+def _mpc(**kw: Any) -> Any:
+    from qhil.agents.chain_control import MPCPolicy
+    from qhil.envs import SupplyChainEnv
+    return MPCPolicy(SupplyChainEnv(n_spins=2, max_steps=2), **kw)
+
+
 def _backend(**kw: Any) -> Any:
     return create_backend("statevector", **kw)
 
@@ -215,6 +227,13 @@ CASES: list[tuple[Callable[..., Any], str, st.SearchStrategy]] = [
     (_study, "frequency", st.one_of(st.just("0"), st.just("1001"), st.text(max_size=4).filter(
         lambda t: not (t.strip().isascii() and t.strip().isdecimal() and 1 <= int(t.strip()) <= 1000)
         and t.strip().lower() not in ("final", "final_only")))),
+    (_grape, "n_steps", bad_int(1, 100_000)),
+    (_grape, "dt", bad_float(0.0, 1e6, lo_open=True)),
+    (_grape, "seed", BAD_SEED.filter(lambda x: x is not None)),
+    (_grape, "restarts", bad_int(1, 10_000)),
+    (_grape, "bounds", st.one_of(st.just((1.0, 0.0)), st.just((NAN, 1.0)), st.just("ab"), st.integers())),
+    (_grape, "objective", st.text(max_size=5).filter(lambda t: t not in ("final", "mean"))),
+    (_mpc, "horizon", bad_int(1, 6)),
     (_runspec, "seed", BAD_SEED),
     (_runspec, "episodes", bad_int(1, 1_000_000)),
     (_runspec, "lr", bad_float(0.0, 1.0, lo_open=True)),
