@@ -199,7 +199,7 @@ def test_client_lock_needs_an_owner():
         assert info.value.parameter == "key"
 
 
-# -- the command line: qhil lab serve --lock, qhil lab unlock --force ----------------------
+# -- the command line: qhil lab serve --lock, qhil lab lock / unlock (--force) -------------
 
 def test_cli_lock_and_emergency_unlock(tmp_path, capsys):
     from qhil.lab.cli import main
@@ -218,7 +218,10 @@ def test_cli_lock_and_emergency_unlock(tmp_path, capsys):
         with create_backend(spec, owner="bob", timeout=10) as bob, create_backend(spec, owner="alice",
                                                                                    timeout=10) as alice:
             refused(lambda: bob.run(experiment()), None)
-            bob.lock()
+            assert main(["lab", "lock", "--endpoint", spec, "--owner", "bob"]) == 0
+            assert json.loads(capsys.readouterr().out)["owner"] == "bob"
+            assert main(["lab", "lock", "--endpoint", spec, "--owner", "alice"]) == 2     # bob holds it
+            assert "'bob'" in capsys.readouterr().err
             bob.run(experiment())
             refused(lambda: alice.run(experiment()), "bob")
             assert main(["lab", "unlock", "--endpoint", spec, "--owner", "alice"]) == 2   # not hers

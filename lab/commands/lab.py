@@ -172,6 +172,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--server-key", help="the server's public CURVE certificate (CURVE servers)")
     u.add_argument("--client-cert", help="this client's secret CURVE certificate")
     u.set_defaults(func=cmd_unlock)
+    lo = lsub.add_parser("lock", help="take a lab server's experiment lock for an owner (runs from anyone "
+                                      "else are refused until `qhil lab unlock`)")
+    lo.add_argument("--endpoint", required=True, help="zmq://host:port")
+    lo.add_argument("--owner", required=True, help="the owner name (give the same --owner to qhil deploy)")
+    lo.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server")
+    lo.add_argument("--server-key", help="the server's public CURVE certificate (CURVE servers)")
+    lo.add_argument("--client-cert", help="this client's secret CURVE certificate")
+    lo.set_defaults(func=cmd_lock)
 
 
 def build_model(args: argparse.Namespace) -> Any:
@@ -297,6 +305,19 @@ def _write_lock_key(args: argparse.Namespace) -> str:
     print(f"qhil lab: emergency unlock key in {path} (qhil lab unlock --force --key-file {path})"
           + ("; runs need the lock (--lock)" if args.lock else ""), file=sys.stderr, flush=True)
     return key
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    from qhil.drivers import QhilError, create_backend
+    try:
+        with create_backend(args.endpoint, timeout=args.timeout, retries=1, owner=args.owner,
+                            server_key=args.server_key, client_cert=args.client_cert) as b:
+            state = b.lock()
+    except QhilError as exc:
+        print(f"qhil lab lock: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(state))
+    return 0
 
 
 def cmd_unlock(args: argparse.Namespace) -> int:
