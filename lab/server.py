@@ -229,17 +229,32 @@ MAX_WAITERS = 64
 ESTIMATOR_TABLE_BYTES = 256 << 10
 
 
+#: single labels that passed, by (n, label): at most this many (then the set starts afresh)
+MAX_GOOD_LABELS = 65_536
+_GOOD_LABELS: set[tuple[int, str]] = set()
+
+
 def _check_labels(labels: list, n: int) -> None:
+    """Every label parses on n qubits. Whole lists are remembered in :data:`LABEL_CACHE` (small
+    lists only) and single labels in a set of at most :data:`MAX_GOOD_LABELS`, so a client
+    that sends a long list again costs set lookups, not parses, and no more memory."""
     if len(labels) > MAX_LABELS or not all(isinstance(x, str) and len(x) <= 8 * n + 8 for x in labels):
-        raise error("bad_request", f"labels must be a list of at most {MAX_LABELS} Pauli labels", "labels")
+        raise error("bad_request", f"labels must be a list of at most {MAX_LABELS} Pauli labels of at "
+                    f"most {8 * n + 8} characters", "labels")
     key = (n, tuple(labels))
 
     def check() -> None:
-        try:
-            for lab in labels:
+        good = _GOOD_LABELS
+        for lab in labels:
+            if (n, lab) in good:
+                continue
+            try:
                 parse_pauli(lab, n)
-        except Exception as exc:
-            raise error("bad_request", str(exc), "labels") from None
+            except Exception as exc:
+                raise error("bad_request", str(exc), "labels") from None
+            if len(good) >= MAX_GOOD_LABELS:
+                good.clear()
+            good.add((n, lab))
     LABEL_CACHE.check(key, sum(map(len, labels)) + 8 * len(labels), check)
 
 

@@ -483,7 +483,24 @@ def test_refused_requests_do_not_grow_the_label_cache(raw):
         assert_error(raw.call(wire.encode(msg)), "bad_request", msg.id)
         assert len(cache) <= cache.max_entries and cache.total <= cache.max_total
         assert (2, tuple(many[i:])) not in cache._keys                 # too big to keep
+        assert len(server_mod._GOOD_LABELS) <= server_mod.MAX_GOOD_LABELS
+    unique = [f"Z{'0' * (k % 5)}{k % 2}" for k in range(40)]            # valid spellings, "Z0", "Z00", …
+    for i in range(3):
+        assert_error(raw.call(wire.encode(run_msg(labels=unique, seed=-1))), "bad_request")
+    assert len(server_mod._GOOD_LABELS) <= server_mod.MAX_GOOD_LABELS
     assert_serving(raw)
+
+
+def test_good_label_set_is_bounded(monkeypatch):
+    monkeypatch.setattr(server_mod, "MAX_GOOD_LABELS", 50)
+    monkeypatch.setattr(server_mod, "_GOOD_LABELS", set())
+    labels = [f"{a}{'0' * k}{q}" for a in "XYZ" for q in "01" for k in range(20)]   # 120 valid spellings
+    server_mod._check_labels(labels, 2)
+    assert 0 < len(server_mod._GOOD_LABELS) <= 50
+    with pytest.raises(wire.BridgeError) as info:
+        server_mod._check_labels(["Z0", "Q7"], 2)
+    assert info.value.parameter == "labels" and "Q7" in str(info.value)
+    assert (2, "Q7") not in server_mod._GOOD_LABELS
 
 
 @settings(max_examples=200, deadline=None)
