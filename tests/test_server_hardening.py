@@ -698,6 +698,8 @@ BAD_SERVE = {
     "--inject-faults": ["--inject-faults", "-1"],
     "--model-json": ["--model-json", "{bad"],
     "--n-spins": ["--model", "xy_chain", "--n-spins", "999"],
+    "--n-spins unused": ["--n-spins", "1" + "0" * 30],
+    "--inject-faults huge": ["--inject-faults", "1" + "0" * 30],
 }
 
 
@@ -795,8 +797,10 @@ def test_fuzz_serve_option_values(option, value):
 
 def test_cli_limits_match_the_server():
     from qhil.lab.commands import lab
+    from qhil.envs import xy_chain
     assert (lab.MIN_MESSAGE_BYTES, lab.MAX_MESSAGE_LIMIT) == (server_mod.MIN_MESSAGE_BYTES,
                                                              server_mod.MAX_MESSAGE_LIMIT)
+    assert lab.MAX_SPINS == xy_chain.MAX_SPINS
 
 
 @pytest.mark.parametrize("name", ["../escaped", "a/b", ".hidden", "", "-x", "x" * 65, "a\0b"])
@@ -804,6 +808,14 @@ def test_keygen_names_are_plain(tmp_path, capsys, name):
     rc, err = _main(["lab", "keygen", str(tmp_path / "kk"), "--name", name], capsys)
     assert rc == 2 and "--name" in err
     assert not list(tmp_path.rglob("*.key*"))                   # nothing written, anywhere
+
+
+def test_keygen_folder_must_be_usable(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    for folder in ("", str(tmp_path / "file"), str(tmp_path / "file" / "below")):
+        rc, err = _main(["lab", "keygen", folder, "--name", "a"], capsys)
+        assert rc == 2 and "folder" in err and "Traceback" not in err
+    assert not list(tmp_path.rglob("*.key*"))
 
 
 def test_keygen_does_not_overwrite(tmp_path, capsys):

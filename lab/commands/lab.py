@@ -19,11 +19,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .args import float_in, floats, input_file, int_in, json_object, output_file
+from .args import float_in, floats, input_file, int_in, json_object, output_dir, output_file
 
 #: ``--max-message-bytes`` range (qhil.lab.server.MIN_MESSAGE_BYTES, MAX_MESSAGE_LIMIT)
 MIN_MESSAGE_BYTES = 64 << 10
 MAX_MESSAGE_LIMIT = 1 << 30
+#: ``--n-spins`` at most qhil.envs.xy_chain.MAX_SPINS; ``--inject-faults`` at most the emulator's limit
+MAX_SPINS = 12
+MAX_INJECTED_FAULTS = 1_000_000
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
 _KEY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
@@ -126,7 +129,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--omega-c", type=float_in(0, None, low_open=True), default=1.0)
     s.add_argument("--n-max", type=int_in(1, None), default=None, help="Dicke photon cutoff")
     s.add_argument("--coupling-bound", type=float_in(0, None, low_open=True), default=0.3)
-    s.add_argument("--n-spins", type=int_in(1, None), default=3)
+    s.add_argument("--n-spins", type=int_in(1, MAX_SPINS), default=3)
     s.add_argument("--coupling", type=float_in(), default=1.0)
     s.add_argument("--field-bound", type=float_in(0, None, low_open=True), default=5.0)
     g = s.add_argument_group("emulator imperfections (all off by default)")
@@ -138,7 +141,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--readout-error", type=float_in(0, 0.5), default=0.0, help="P(0→1) = P(1→0), in [0, 0.5]")
     g.add_argument("--allow-exact", action="store_true", help="accept shots=None (exact expectations; testing)")
     g.add_argument("--seed", type=int_in(0, 2**63 - 1), default=None, help="seed of the drift")
-    g.add_argument("--inject-faults", type=int_in(0, None), default=0, help="fail the next N executions (testing)")
+    g.add_argument("--inject-faults", type=int_in(0, MAX_INJECTED_FAULTS), default=0,
+                   help="fail the next N executions (testing)")
     c = s.add_argument_group("security and limits")
     c.add_argument("--curve-secret", type=input_file,
                    help="server certificate with secret key (turns CURVE on; needs --allowed-keys)")
@@ -157,7 +161,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          "`qhil lab unlock --force --key-file` frees the lock with it")
     s.set_defaults(func=cmd_serve)
     k = lsub.add_parser("keygen", help="write a CURVE key pair (zmq.auth certificate files)")
-    k.add_argument("folder")
+    k.add_argument("folder", type=output_dir, help="folder for the key files (created if needed)")
     k.add_argument("--name", type=key_name, default="client",
                    help="file name of the pair (NAME.key, NAME.key_secret), a plain name")
     k.add_argument("--force", action="store_true", help="overwrite an existing pair of that name")
@@ -194,7 +198,9 @@ def build_model(args: argparse.Namespace) -> Any:
 
 #: LabServer / model parameter → the ``lab serve`` option that sets it
 _OPTION = {"bind": "--bind", "max_message_bytes": "--max-message-bytes", "curve_secret_file": "--curve-secret",
-           "allowed_keys": "--allowed-keys", "run_log": "--run-log"}
+           "allowed_keys": "--allowed-keys", "run_log": "--run-log", "fault_next": "--inject-faults",
+           "rise_time": "--rise-time", "amplitude_error": "--amplitude-error", "frequency_drift": "--frequency-drift",
+           "readout_error": "--readout-error", "seed": "--seed", "allow_exact": "--allow-exact"}
 
 
 def _option_error(exc: Exception, option: str) -> Exception:
