@@ -531,11 +531,13 @@ class ZmqBackend(Backend):
         return info["_model_key"]
 
     def estimate_seconds(self, e: Experiment) -> float:
-        """Estimated device time of one experiment, from the device's timing figures."""
+        """Estimated device time of one experiment (seconds), from the device's timing figures:
+        overhead + solve_step·K + step·played steps + circuit·circuits + shot·shots."""
         t = self.describe().get("timing", {})
         c = e.cost()
         return float(t.get("overhead_s", 0.0) + t.get("solve_step_s", 0.0) * e.n_steps
-                     + t.get("step_s", 0.0) * c.played_steps + t.get("shot_s", 0.0) * c.total_shots)
+                     + t.get("step_s", 0.0) * c.played_steps + t.get("circuit_s", 0.0) * c.circuits
+                     + t.get("shot_s", 0.0) * c.total_shots)
 
     def _run(self, batch: list[Experiment], seeds: np.random.SeedSequence) -> list[Result]:
         info = self.describe()

@@ -85,7 +85,8 @@ class PulseDevice(ABC):
         return None
 
     def timing(self) -> dict[str, float]:
-        """Duration estimate, seconds: overhead + solve_step·K + step·played + shot·shots."""
+        """Duration estimate, seconds: overhead + solve_step·K + step·played + circuit·circuits
+        + shot·shots (keys overhead_s, solve_step_s, step_s, circuit_s (optional), shot_s)."""
         return {"overhead_s": 0.01, "solve_step_s": 0.0, "step_s": 1e-6, "shot_s": 1e-4}
 
     # -- provided ----------------------------------------------------------------------

@@ -693,7 +693,8 @@ class LabServer:
             circuits = len(job.steps) * len(job.settings)
             played = int(job.steps.sum()) * len(job.settings) * max(job.shots or 0, 1)
             return float(t.get("overhead_s", 0.0) + t.get("solve_step_s", 0.0) * len(job.controls)
-                         + t.get("step_s", 0.0) * played + t.get("shot_s", 0.0) * circuits * (job.shots or 0))
+                         + t.get("step_s", 0.0) * played + t.get("circuit_s", 0.0) * circuits
+                         + t.get("shot_s", 0.0) * circuits * (job.shots or 0))
         except Exception:      # a device's timing() must never stop a run
             return float("nan")
 

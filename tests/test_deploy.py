@@ -179,3 +179,18 @@ def test_deploy_refuses_bad_input_before_work(trained, tmp_path, capsys, argv, p
     assert rc == 2
     assert param in capsys.readouterr().err
     assert not (tmp_path / "l.jsonl").exists() or (tmp_path / "l.jsonl").read_text() == ""
+
+
+def test_deploy_holds_the_lock_of_a_locked_server(trained, tmp_path, capsys):
+    proc, spec = serve(tmp_path, "--allow-exact", "--lock")
+    try:
+        base = ["deploy", "--run", str(trained), "--endpoint", spec, "--shots", "0", "--no-tomography",
+                "--log", str(tmp_path / "l.jsonl"), "--out", str(tmp_path / "s.json")]
+        assert main(base) != 0                               # nobody holds the lock: runs are refused
+        assert "lock" in capsys.readouterr().err
+        assert main([*base, "--owner", "alice", "--hold-lock"]) == 0
+        with create_backend(spec) as b:
+            assert b.describe()["lock"]["locked"] is False   # released after the deployment
+        assert json.loads((tmp_path / "s.json").read_text())["cost"]["experiments"] == 29
+    finally:
+        proc.kill()

@@ -26,6 +26,7 @@ and every executed experiment as a JSON line (``--log``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
@@ -79,7 +80,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="PNG of protocol, E_j and ergotropy (default: next to --out, else qhil-deploy.png)")
     p.add_argument("--timeout", type=float_in(0.0, 86_400.0, low_open=True), default=10.0,
                    help="zmq: seconds to wait beyond the job's estimate")
-    p.add_argument("--owner", default=None, help="zmq: owner name for a server started with --lock")
+    p.add_argument("--owner", default=None, help="zmq: owner name sent with every run (a server started with "
+                                                 "--lock runs only the lock holder's experiments)")
+    p.add_argument("--hold-lock", action="store_true",
+                   help="zmq: take the server's lock for --owner for the whole deployment, release it after "
+                        "(refused if someone else holds it)")
     p.add_argument("--server-key", help="CURVE: server public key file")
     p.add_argument("--client-cert", help="CURVE: this client's secret certificate file")
     p.add_argument("--seed", type=int_in(0, 2**63 - 1), default=None)
@@ -379,6 +384,8 @@ def deploy(args: argparse.Namespace) -> dict[str, Any]:
     if run is not None and args.regime is not None and args.protocol is None:
         raise ValidationError("regime", f"the run measures {run.regime!r}; a trained policy sees only its own "
                               "observation", "omit --regime with --run")
+    if args.hold_lock and (args.owner is None or not args.endpoint.startswith("zmq://")):
+        raise ValidationError("hold-lock", "needs a lab endpoint and an owner", "--endpoint zmq://… --owner NAME")
     shots = args.shots or None
     tomo_shots = shots if args.tomography_shots is None else (args.tomography_shots or None)
 
@@ -413,7 +420,8 @@ def deploy(args: argparse.Namespace) -> dict[str, Any]:
     log = ExperimentLog(args.log)
     try:
         allowed = set(args.allow_mismatch)
-        with _open_backend(args, check_model="model" not in allowed) as raw_backend:
+        with _open_backend(args, check_model="model" not in allowed) as raw_backend, \
+                (raw_backend.locked() if args.hold_lock else contextlib.nullcontext()):
             info = raw_backend.describe() if args.endpoint.startswith("zmq://") else None
             if model is None:
                 if info is None or not info.get("model"):
