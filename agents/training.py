@@ -301,7 +301,8 @@ def train(agent: Any, env: Any, *, store: RunStore | None = None, run: str = "ru
     store/run:          where episodes go (return, the env's figures, best-so-far)
     checkpoint:         file to resume from (if present) and to write every
                         ``checkpoint_every`` episodes, every ``checkpoint_seconds`` of wall
-                        time (checked after each round of episodes; None: episodes only) and
+                        time (checked after each round of episodes; stretched to 20× the
+                        last save's duration if that is longer; None: episodes only) and
                         at the end. Resuming replays the episodes after the checkpoint: the
                         store drops them and takes the checkpoint's own best back.
     stop:               optional early stop, called after each round of episodes
@@ -336,6 +337,9 @@ def train(agent: Any, env: Any, *, store: RunStore | None = None, run: str = "ru
                    mininterval=2.0, dynamic_ncols=True)
     t0, last_ckpt = time.perf_counter(), state.episode
     last_ckpt_time = _now()
+    # a wall-time checkpoint costs at most ~5 % of the time: a slow save (a large replay
+    # buffer) stretches the interval to 20× its duration
+    ckpt_interval = checkpoint_seconds
     wall0 = state.wall
     stats: dict[str, float] = {}
     observe = getattr(agent, "observe", None)
@@ -376,8 +380,11 @@ def train(agent: Any, env: Any, *, store: RunStore | None = None, run: str = "ru
             bar.set_postfix(**env.postfix(rows[-1], state, stats), refresh=False)
         if checkpoint is not None and (
                 state.episode - last_ckpt >= checkpoint_every
-                or (checkpoint_seconds is not None and _now() - last_ckpt_time >= checkpoint_seconds)):
+                or (ckpt_interval is not None and _now() - last_ckpt_time >= ckpt_interval)):
+            saving = _now()
             save_checkpoint(checkpoint, agent, buffer, state, env)
+            if checkpoint_seconds is not None:
+                ckpt_interval = max(checkpoint_seconds, 20.0 * (_now() - saving))
             last_ckpt, last_ckpt_time = state.episode, _now()
         if stop is not None and stop(state):
             break

@@ -207,25 +207,38 @@ def test_checkpoint_intervals_are_validated_before_any_work(tmp_path):
     assert RunStore(tmp_path / "v.sqlite").runs() == {}
 
 
-def test_wall_time_checkpoint_is_written_between_episode_checkpoints(tmp_path, monkeypatch):
-    """With checkpoint_every far away, the clock alone triggers checkpoints (a fake clock
-    advancing 1 s per reading: a checkpoint after every round at checkpoint_seconds = 1)."""
+def _fake_clock_run(monkeypatch, tmp_path, episodes, save_cost, **kw):
+    """Train ``episodes`` episodes on a fake clock: each round of episodes takes 1 s, each
+    checkpoint ``save_cost`` s; return the episode counts at which checkpoints were saved."""
     import qhil.agents.training as training
-    clock = iter(range(10**6))
-    monkeypatch.setattr(training, "_now", lambda: float(next(clock)))
+    now = [0.0]
+    monkeypatch.setattr(training, "_now", lambda: now[0])
     saved: list[int] = []
     real = training.save_checkpoint
 
-    def spy(path, agent, buffer, state, env):
+    def save(path, agent, buffer, state, env):
         saved.append(state.episode)
+        now[0] += save_cost
         real(path, agent, buffer, state, env)
-    monkeypatch.setattr(training, "save_checkpoint", spy)
-    agent, env = make_agent(3 * EPISODE)
-    train_off_policy(agent, env, checkpoint=tmp_path / "w.pt", checkpoint_every=10**6, checkpoint_seconds=1.0,
-                     progress=False)
-    assert saved == [1, 2, 3, 3]                        # each round by the clock, then the final one
-    saved.clear()
-    agent, env = make_agent(3 * EPISODE)
-    train_off_policy(agent, env, checkpoint=tmp_path / "x.pt", checkpoint_every=10**6, checkpoint_seconds=None,
-                     progress=False)
-    assert saved == [3]                                 # None: only the final checkpoint
+    monkeypatch.setattr(training, "save_checkpoint", save)
+
+    def tick(state):
+        now[0] += 1.0
+        return False
+    agent, env = make_agent(episodes * EPISODE)
+    train_off_policy(agent, env, checkpoint=tmp_path / f"w{len(list(tmp_path.iterdir()))}.pt", stop=tick,
+                     progress=False, **kw)
+    return saved
+
+
+def test_wall_time_checkpoints_between_episode_checkpoints(tmp_path, monkeypatch):
+    """With checkpoint_every far away the clock alone triggers checkpoints; a slow save
+    stretches the interval to 20× its duration; None turns the clock off."""
+    every = dict(checkpoint_every=10**6)
+    assert _fake_clock_run(monkeypatch, tmp_path, 5, 0.0, checkpoint_seconds=2.0, **every) == [3, 5, 5]
+    assert _fake_clock_run(monkeypatch, tmp_path, 4, 0.0, checkpoint_seconds=1.0, **every) == [2, 3, 4, 4]
+    # a save of 0.5 s: the next one 10 s later, not 1 s
+    assert _fake_clock_run(monkeypatch, tmp_path, 14, 0.5, checkpoint_seconds=1.0, **every) == [2, 12, 14]
+    assert _fake_clock_run(monkeypatch, tmp_path, 4, 0.0, checkpoint_seconds=None, **every) == [4]
+    # both rules: every 3 episodes, and by the clock every 5 s
+    assert _fake_clock_run(monkeypatch, tmp_path, 7, 0.0, checkpoint_seconds=5.0, checkpoint_every=3) == [3, 6, 7]
