@@ -76,8 +76,8 @@ class RunStore:
         """Drop episodes past ``after_episode`` (a resume from an older checkpoint), in one
         transaction with the best protocol.
 
-        ``best`` is the best the restored state holds (ergotropy, episode, protocol, trajectory;
-        the checkpoint's own): it replaces the stored best row, so the store never keeps a best
+        ``best`` is the best the restored state holds (ergotropy, episode — None if unknown —,
+        protocol, trajectory; the checkpoint's own): it replaces the stored best row, so the store never keeps a best
         the state does not have (one found after the checkpoint) nor loses the one it has (an
         older best overwritten by a later one). ``None`` (no best yet): the stored row is
         dropped if it is past ``after_episode``.
@@ -86,6 +86,11 @@ class RunStore:
             self._db.execute("DELETE FROM episodes WHERE run=? AND episode>?", (run, after_episode))
             self._db.execute("DELETE FROM episode_figures WHERE run=? AND episode>?", (run, after_episode))
             if best is not None:
+                if best.get("episode") is None:      # not known (an old checkpoint): the first kept
+                    row = self._db.execute(           # episode with that figure, else the last kept
+                        "SELECT MIN(episode) FROM episodes WHERE run=? AND episode<=? AND ergotropy=?",
+                        (run, after_episode, float(best["ergotropy"]))).fetchone()
+                    best = {**best, "episode": row[0] if row and row[0] is not None else max(after_episode, 0)}
                 self._write_best(run, best)
                 return
             row = self._db.execute("SELECT episode FROM best WHERE run=?", (run,)).fetchone()

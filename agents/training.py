@@ -285,8 +285,8 @@ def _restored_best(state: TrainState) -> dict[str, Any] | None:
     """The checkpoint's own best as a run-store row (None before any episode)."""
     if not math.isfinite(state.best):
         return None
-    # a checkpoint older than ``best_episode``: its best is among the episodes it covers
-    episode = state.best_episode if state.best_episode >= 0 else max(state.episode - 1, 0)
+    # None: a checkpoint older than ``best_episode`` (the store finds the episode)
+    episode = state.best_episode if state.best_episode >= 0 else None
     return {"ergotropy": state.best, "episode": episode, "protocol": state.best_protocol,
             "trajectory": state.best_trajectory}
 

@@ -186,6 +186,9 @@ def test_truncate_semantics(tmp_path):
     store.truncate("r", 5, {"ergotropy": 3.0, "episode": 3, "protocol": [0.1], "trajectory": [0.0, 3.0]})
     assert store.episodes("r")["episode"] == list(range(6))
     assert store.best("r") == {"ergotropy": 3.0, "episode": 3, "protocol": [0.1], "trajectory": [0.0, 3.0]}
+    # a checkpoint from before ``best_episode`` was kept: the first kept episode with its value
+    store.truncate("r", 4, {"ergotropy": 2.0, "episode": None, "protocol": [0.3], "trajectory": [0.0, 2.0]})
+    assert store.best("r")["episode"] == 2 and store.best("r")["protocol"] == [0.3]
     store.truncate("r", -1)                             # a fresh start: no best survives
     assert store.episodes("r")["episode"] == [] and store.best("r") is None
 
