@@ -202,6 +202,25 @@ def test_json_depth_ignores_brackets_in_strings():
     assert wire.json_depth(b"3") == 0
 
 
+def _depth(v: Any) -> int:
+    if isinstance(v, dict):
+        return 1 + max(map(_depth, v.values()), default=0)
+    if isinstance(v, list):
+        return 1 + max(map(_depth, v), default=0)
+    return 0
+
+
+@settings(max_examples=120, deadline=None)
+@given(v=st.recursive(st.none() | st.integers() | st.text(alphabet='[]{}"\\ab,:', max_size=12),
+                      lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text('[]{}"\\x', max_size=4), c,
+                                                                            max_size=4), max_leaves=40),
+       ascii_only=st.booleans())
+def test_json_depth_matches_a_recursive_count(v, ascii_only):
+    """The bracket scan agrees with the depth of the decoded value, whatever the strings hold."""
+    text = json.dumps(v, ensure_ascii=ascii_only).encode()
+    assert wire.json_depth(text) == _depth(v)
+
+
 def test_peek_id_never_raises():
     assert wire.peek_id([wire.SIGNATURE, b"[" * 100_000]) is None
     assert wire.peek_id([wire.SIGNATURE, header(id="ok-1")]) == "ok-1"
