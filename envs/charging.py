@@ -32,7 +32,6 @@ E_j = ω_j (1 − ⟨Z_j⟩)/2 replaces ⟨Z_j⟩ (same information, units of ω
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, Sequence
 

@@ -25,7 +25,6 @@ import contextlib
 import importlib
 import io
 import json
-import math
 import os
 import re
 import shutil
@@ -38,7 +37,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from qhil.lab.cli import build_parser, main
+from qhil.lab.cli import NEGATIVE_VALUE, build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 20
@@ -288,6 +287,8 @@ def cases(tmp: Path) -> list[tuple[str, str, str, list[str]]]:
                 base = _fmt(BASE[cmd], tmp, REPRODUCE_TARGET.get(flag, "table1"))
                 if act.option_strings:
                     argv = base + [f"{flag}={v}"]
+                    if NEGATIVE_VALUE.match(v):          # also the plain form: --flag -1 (issue 16)
+                        out.append((cmd, flag, v + " (plain)", base + [flag, v]))
                 elif cmd == "reproduce":
                     argv = [base[0], v] + base[2:]
                 elif cmd == "lab keygen":
