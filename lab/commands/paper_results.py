@@ -235,7 +235,9 @@ def run_target(args: argparse.Namespace) -> int:
 
     from .reproduce import _usable_dir, failed_message
     training = args.what in ("table2", "figS2", "history", "robust")
-    args.work_dir = args.work_dir or _usable_dir("work_dir", Path("runs/extended" if training else "runs/table1"))
+    args.work_dir = args.work_dir or Path("runs/extended" if training else "runs/table1")
+    if training and not args.report_only:
+        args.work_dir = _usable_dir("work_dir", args.work_dir)      # writable, before any run
     failed: list[str] = []
     n_jobs = 0
     if training and not args.report_only:

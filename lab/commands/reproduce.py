@@ -184,8 +184,8 @@ def apply_setup(args: argparse.Namespace) -> None:
     for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("work_dir", "out_dir", "grape_dir"):     # the set-up's folders: usable before any work
-        if getattr(args, key) is not None:
+    for key in ("out_dir", "grape_dir") + (() if args.report_only else ("work_dir",)):
+        if getattr(args, key) is not None:              # the set-up's folders: usable before any work
             setattr(args, key, _usable_dir(key, getattr(args, key)))
 
 
@@ -210,7 +210,9 @@ def run(args: argparse.Namespace) -> int:
         from .paper_results import run_target
         return run_target(args)
     envs, regimes = args.envs.split(","), args.regimes.split(",")
-    work, out = args.work_dir or _usable_dir("work_dir", Path("runs/table1")), args.out_dir
+    work, out = args.work_dir or Path("runs/table1"), args.out_dir
+    if not args.report_only:
+        work = _usable_dir("work_dir", work)                        # writable, before any run
     grape = args.grape_dir or out
     windows = parse_windows(args.windows)
     failed: list[str] = []
