@@ -31,6 +31,11 @@ Two set-ups (``--setup``; flags given explicitly override the set-up's values, a
   first order see the last 28 observations (the whole episode so far, zero-padded), second
   order sees its current observation and the last 28 actions (96 inputs instead of 1,904);
   ``runs/table1_batched`` → ``docs/results/table1_batched``.
+
+Every option is checked when parsed (ranges, names, writable folders, the ``--config`` file and
+the ``--train-args`` flags against ``qhil train``'s own parser): a bad one exits 2 naming it,
+before any run. Exit status 1 when a training run failed (the table then shows the finished
+runs only; none is written when every run failed and none had finished before).
 """
 from __future__ import annotations
 

@@ -15,6 +15,10 @@ Finished configurations are skipped; unfinished ones resume from their checkpoin
 ``tomography`` writes ``tomography_ergotropy.csv/.md/.png``; ``open-closed`` writes
 ``open_closed.csv/.md/.png`` (the closed-loop policy is a configuration of the study, trained
 first if it is not finished).
+
+Options are checked when parsed (a bad one exits 2 naming it, before any training). A
+configuration that fails is reported and the others go on; ``measurement`` then exits 1, and
+also when no configuration has finished (no table is written).
 """
 from __future__ import annotations
 

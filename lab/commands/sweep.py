@@ -18,6 +18,9 @@ training return; "mean" = its mean, "best" = its maximum, "final 10" = the mean 
 last 10 episodes; each averaged over seeds (± standard error over seeds where shown). "eval" is
 the deterministic policy's mean return on 5 unseen episodes. Returns of different reward
 weights are on different scales (Table III): compare them within a row's weights only.
+
+Options are checked when parsed (a bad one exits 2 naming it, before any run). A run that
+fails is reported and the others go on; the command then exits 1 (no table if all failed).
 """
 from __future__ import annotations
 
