@@ -449,7 +449,7 @@ class AerBackend(Backend):
                                   "readout": None if assignment is None else assignment.tolist()}
             if top is not None:
                 md["aux_top_population"] = float(np.max(top))
-                warn_if_truncated(model.kind, model.key, float(np.max(top)), self._warned)
+                warn_if_truncated(model, float(np.max(top)), self._warned)
             steps = e.schedule.measured_steps(e.n_steps)
             results.append(Result(steps=steps, times=steps * e.dt, labels=labels, values=values, stderr=stderr,
                                   qubit_density=rho, state=None, counts=counts, settings=settings, metadata=md))

@@ -41,14 +41,12 @@ def measure_density(rho: np.ndarray, labels: tuple[str, ...], settings: tuple[st
 
 
 
-#: Population of a truncated auxiliary mode's top level above which a run warns.
-AUX_TOP_WARNING = 1e-8
-
-
-def warn_if_truncated(model_kind: str, model_key: str, top: float, warned: set[str]) -> None:
-    """Warn once per model (tracked in ``warned``) when the top aux level holds > 1e-8."""
-    if top > AUX_TOP_WARNING and model_key not in warned:
-        warned.add(model_key)
-        warnings.warn(f"truncation of the {model_kind} model's auxiliary mode is not converged: "
-                      f"its top level holds {top:.2e} (> {AUX_TOP_WARNING:g}); raise the cutoff",
-                      RuntimeWarning, stacklevel=4)
+def warn_if_truncated(model, top: float, warned: set[str]) -> None:
+    """Warn once per model (tracked in ``warned``) when its cutoff is not converged, as the model
+    judges from the top aux level's population ``top`` (:meth:`Model.aux_truncation_warning`)."""
+    if model.key in warned:
+        return
+    message = model.aux_truncation_warning(top)
+    if message is not None:
+        warned.add(model.key)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)

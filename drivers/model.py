@@ -32,6 +32,8 @@ from .errors import ValidationError
 
 #: Controls may exceed a bound by this much (relative to the bound's span) from rounding.
 BOUND_TOLERANCE = 1e-12
+#: Default: a truncated auxiliary mode whose top level holds more than this warns.
+AUX_TOP_WARNING = 1e-8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +59,15 @@ class Model(ABC):
     #: True when ``aux`` truncates an infinite-dimensional mode (drivers then check the
     #: population of its top level and warn above 1e-8).
     aux_truncated: ClassVar[bool] = False
+
+    def aux_truncation_warning(self, top_population: float) -> str | None:
+        """What a run says when the truncated aux mode is not converged, judged from the largest
+        population of its top level over the measured steps; None when it is fine. Default:
+        above :data:`AUX_TOP_WARNING`; models that estimate the error of their figures override it."""
+        if top_population > AUX_TOP_WARNING:
+            return (f"truncation of the {self.kind} model's auxiliary mode is not converged: its top "
+                    f"level holds {top_population:.2e} (> {AUX_TOP_WARNING:g}); raise the cutoff")
+        return None
 
     # -- what a subclass provides ------------------------------------------------------
     @property

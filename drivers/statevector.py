@@ -120,7 +120,7 @@ class StatevectorBackend(Backend):
             offsets = np.cumsum([0] + [len(st) for st in steps])
             meta = {"model": model.to_dict(), "dt": e0.dt, "shots": e0.schedule.shots}
             if top is not None:
-                warn_if_truncated(model.kind, model.key, float(top.max()), self._warned)
+                warn_if_truncated(model, float(top.max()), self._warned)
                 top = np.maximum.reduceat(top, offsets[:-1]).tolist()      # per experiment
             for j, i in enumerate(idx):
                 e, sl = batch[i], slice(offsets[j], offsets[j + 1])

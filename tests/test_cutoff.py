@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from qhil.drivers import Experiment, MeasurementSchedule, ValidationError
-from qhil.drivers.model import Model
 from qhil.envs import ENV1, DickeBattery, check_cutoff
 from qhil.envs.dicke import CUTOFF_TOLERANCE
 
@@ -87,8 +86,6 @@ def test_initial_fock_state_must_sit_below_the_top_level():
     assert DickeBattery(omegas=ENV1, n_max=5).n_max == 5
 
 
-@pytest.mark.xfail(not hasattr(Model, "aux_truncation_warning"), strict=True,
-                   reason="the drivers still judge the cutoff by the top population alone (driver patch pending)")
 def test_runs_warn_by_the_error_estimate(backend):
     """Every run judges its own cutoff by the estimate (once per model), naming n_max."""
     with pytest.warns(RuntimeWarning, match="n_max=30"):

@@ -119,7 +119,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--jobs", type=A.int_in(1, 64), default=1, help="configurations trained at a time (processes)")
     m.add_argument("--hidden", type=A.ints(1, 65_536), default=None,
                    help="SAC hidden sizes, e.g. 256,256 (default 512,256)")
-    m.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="SAC update precision")
+    m.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=None,
+                   help="SAC update precision (auto: bf16 only where the CPU runs it natively and faster)")
     m.add_argument("--work-dir", type=A.output_dir, default=WORK)
     m.add_argument("--out-dir", type=A.output_dir, default=OUT)
     m.add_argument("--report-only", action="store_true", help="only the table/figure of finished runs")

@@ -310,7 +310,8 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
     summary = {"run": run, "env": env, "regime": regime, "seed": cfg.seed, "steps": state.step,
                "episodes": state.episode, "updates": state.updates, "wall_s": state.wall,
                "steps_per_s": state.step / max(state.wall, 1e-9),
-               "updates_per_s": state.updates / max(state.wall, 1e-9), **ev, "config": config}
+               "updates_per_s": state.updates / max(state.wall, 1e-9), **ev, "config": config,
+               "precision": agent.precision_info}
     finish = {k: summary[k] for k in ("steps", "episodes", "updates", "wall_s")} | {
         "best_explored": ev["best_explored"]["ergotropy"], "deterministic": ev["deterministic"]["ergotropy"],
         "deterministic_protocol": ev["deterministic"]["protocol"]}
