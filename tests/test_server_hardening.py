@@ -45,7 +45,7 @@ REPLY_TIMEOUT = 5.0               # seconds: no reply within this = a hang (or a
 OUTCOMES: collections.Counter = collections.Counter()
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-SLOW = settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+SLOW = settings(max_examples=3000, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 class GatedDevice(NullDevice):
@@ -61,10 +61,18 @@ class GatedDevice(NullDevice):
         return super().execute(*a)
 
 
+#: server log lines that mean an exception escaped a handler (a "traceback" outcome)
+UNEXPECTED = ("unhandled error", "internal error")
+
+
 @contextlib.contextmanager
 def running_server(tmp: Path, device: Any = None, **kw: Any) -> Iterator[LabServer]:
+    """A LabServer in a thread; its log is kept in ``srv.lines`` and must show no exception
+    that escaped a handler."""
+    lines: list[str] = []
     srv = LabServer(device or NullDevice(MODEL), "tcp://127.0.0.1:*", tmp / f"runs-{id(kw)}-{time.monotonic_ns()}.sqlite",
-                    **{"max_message_bytes": LIMIT, **kw})
+                    **{"max_message_bytes": LIMIT, "log": lines.append, **kw})
+    srv.lines = lines
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     try:
@@ -73,6 +81,9 @@ def running_server(tmp: Path, device: Any = None, **kw: Any) -> Iterator[LabServ
         srv.stop()
         t.join(timeout=30)
         assert not t.is_alive(), "server thread did not stop"
+        bad = [x for x in lines if x.startswith(UNEXPECTED)]
+        OUTCOMES["traceback"] += len(bad)
+        assert not bad, bad[:5]
 
 
 class Raw:
@@ -232,7 +243,8 @@ def test_subprocess_server_survives_the_issue_messages(tmp_path):
     args = [sys.executable, "-m", "qhil.lab.cli", "lab", "serve", "--device", "null", "--bind",
             "tcp://127.0.0.1:*", "--run-log", str(tmp_path / "runs.sqlite"), "--model", "xy_chain",
             "--n-spins", "2", "--max-message-bytes", str(LIMIT)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    err = open(tmp_path / "stderr.txt", "w")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
     raw = None
@@ -254,6 +266,10 @@ def test_subprocess_server_survives_the_issue_messages(tmp_path):
             raw.close()
         proc.terminate()
         proc.wait(timeout=30)
+        err.close()
+    log = (tmp_path / "stderr.txt").read_text()
+    assert "Traceback" not in log and not any(x.startswith(UNEXPECTED) for x in log.splitlines())
+    assert log.count("header nests arrays/objects deeper than") == 40     # each deep message logged, refused
 
 
 # -- fuzzed frames and headers ---------------------------------------------------------------
@@ -340,17 +356,68 @@ def test_fuzz_mutated_requests(raw, case):
     _fuzz_frames(raw, frames, rid)
 
 
+random_headers = (st.dictionaries(st.sampled_from(["v", "type", "id", "body", "arrays", "x"]), json_values, max_size=6)
+                  | json_values).map(lambda h: ([wire.SIGNATURE, json.dumps(h).encode()],
+                                                h.get("id") if isinstance(h, dict) and isinstance(h.get("id"), str)
+                                                else None))
+any_message = mutated_requests() | garbage_frames().map(lambda f: (f, None)) | random_headers
+
+
 @pytest.mark.slow
 @SLOW
-@given(case=mutated_requests() | garbage_frames().map(lambda f: (f, None)))
+@given(case=any_message)
 def test_fuzz_long(raw, case):
     frames, rid = case
     _fuzz_frames(raw, frames, rid)
 
 
+@pytest.fixture(scope="module")
+def subprocess_raw(tmp_path_factory) -> Iterator[tuple[subprocess.Popen, Raw]]:
+    tmp = tmp_path_factory.mktemp("sub")
+    args = [sys.executable, "-m", "qhil.lab.cli", "lab", "serve", "--device", "null", "--bind",
+            "tcp://127.0.0.1:*", "--run-log", str(tmp / "runs.sqlite"), "--model", "xy_chain",
+            "--n-spins", "2", "--max-message-bytes", str(LIMIT)]
+    err = open(tmp / "stderr.txt", "w")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True)
+    raw = None
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("READY "), line
+        raw = Raw(line.split()[1])
+        yield proc, raw
+    finally:
+        if raw is not None:
+            raw.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+        err.close()
+    log = (tmp / "stderr.txt").read_text()
+    bad = [x for x in log.splitlines() if x.startswith(UNEXPECTED) or "Traceback" in x]
+    OUTCOMES["traceback"] += len(bad)
+    assert not bad, bad[:5]
+
+
+@pytest.mark.slow
+@SLOW
+@given(case=any_message)
+def test_fuzz_long_subprocess(subprocess_raw, case):
+    """The same fuzzing against `qhil lab serve` in its own process: it must never exit."""
+    proc, r = subprocess_raw
+    frames, rid = case
+    _fuzz_frames(r, frames, rid)
+    assert proc.poll() is None, "the server process exited"
+
+
 def test_fuzzing_leaves_a_serving_server(raw):
     """(Runs after the fuzz tests in file order.)"""
     assert_serving(raw)
+
+
+@pytest.mark.slow
+def test_fuzzing_leaves_a_serving_subprocess(subprocess_raw):
+    proc, r = subprocess_raw
+    assert_serving(r)
+    assert proc.poll() is None
 
 
 @pytest.mark.parametrize("case", ["huge string id", "huge list body", "huge labels", "huge steps",

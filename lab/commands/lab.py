@@ -268,7 +268,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (QhilError, ValueError, TypeError, OSError) as exc:
         raise _option_error(exc, "--device") from None
     host = args.bind.split("://", 1)[-1].rsplit(":", 1)[0]
-    if host not in ("127.0.0.1", "localhost", "[::1]") and not args.curve_secret:
+    if args.bind.startswith("tcp://") and host not in ("127.0.0.1", "localhost", "[::1]") and not args.curve_secret:
         print(f"qhil lab: warning: binding {args.bind} without CURVE: anyone on that network "
               "can drive the device", file=sys.stderr)
     try:
