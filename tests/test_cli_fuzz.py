@@ -90,7 +90,7 @@ REPRODUCE_TARGET = {"--eval-every": "table2", "--test-random": "table2", "--weig
                     "--eval-random": "robust", "--robust-history": "robust"}
 
 #: Commands others are fixing while issue 16 is open: their non-clean cases are xfail.
-PENDING = {"simulate", "deploy", "train", "grape", "lab serve", "lab keygen", "lab unlock", "lab lock"}
+PENDING: set[str] = set()
 #: Commands whose every case must be clean now.
 OWNED = {"reproduce", "study measurement", "study tomography", "study open-closed", "sweep"}
 

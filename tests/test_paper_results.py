@@ -123,7 +123,7 @@ def test_setup_presets_fill_only_the_options_left_unset():
         apply_setup(build_parser().parse_args(["reproduce", "robust", "--setup", "batched"]))
     more = build_parser().parse_args(["reproduce", "table1", "--setup", "batched", "--train-args", "--hidden 8,8"])
     apply_setup(more)                                                # appended after the preset's flags
-    assert more.train_args.endswith("--precision bf16 --hidden 8,8")
+    assert more.train_args.endswith("--precision auto --hidden 8,8")
     with pytest.raises(SystemExit, match="work-dir"):                # other windows, same runs: refused
         apply_setup(build_parser().parse_args(["reproduce", "table1", "--windows", "energies=4"]))
 
@@ -415,9 +415,9 @@ def test_a_resumed_run_must_keep_its_memory(tmp_path, capsys):
     assert main(flags + ["--history", "2"]) == 0                    # the same memory resumes
 
 
-@pytest.mark.parametrize("flags, param", [(["--weight", "1.5"], "weight"), (["--eval-envs", "env9"], "eval_envs"),
-                                          (["--eval-every", "0", "--eval-envs", "env1"], "eval_every"),
-                                          (["--history", "0"], "window"),
+@pytest.mark.parametrize("flags, param", [(["--weight", "1.5"], "weight"), (["--eval-envs", "env9"], "--eval-envs"),
+                                          (["--eval-every", "0", "--eval-envs", "env1"], "--eval-every"),
+                                          (["--history", "0"], "--history"),
                                           (["--history-of", "actions"], "history_of"),
                                           (["--omega-range", "1.5,0.5"], "omega_range")])
 def test_train_rejects_bad_options_with_exit_2(tmp_path, capsys, flags, param):

@@ -14,11 +14,12 @@ import argparse
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["int_in", "float_in", "floats", "output_file", "output_dir", "input_file", "json_object", "choice_list",
-           "ints", "seed", "shots", "shots_list", "checked", "SEED_MAX"]
+           "ints", "seed", "shots", "shots_list", "checked", "SEED_MAX", "backend_spec", "regime"]
 
 #: Largest seed accepted (numpy, torch and the drivers all take it).
 SEED_MAX = 2**63 - 1
@@ -270,3 +271,36 @@ def choice_list(choices: list[str] | tuple[str, ...], joined: bool = False) -> C
     parse.__name__ = "names"
     _describe(parse, "names")
     return parse
+
+
+def _backend_spec(text: str) -> str:
+    from qhil.drivers.zmq_client import parse_endpoint
+    if text in ("statevector", "aer"):
+        return text
+    if text.startswith("zmq://"):
+        parse_endpoint(text)                      # ValidationError: "cannot parse lab endpoint …"
+        return text
+    raise ValueError("allowed: statevector, aer or zmq://host:port")
+
+
+#: A driver spec: ``statevector``, ``aer`` or ``zmq://host:port`` (the port in 1..65535).
+backend_spec = checked(_backend_spec, "backend", "text")
+
+_PAULI_SPARSE = re.compile(r"(?:[XYZ]\d{1,3})+")
+_PAULI_DENSE = re.compile(r"[IXYZ]{1,64}")
+
+
+def _regime(text: str) -> str:
+    from qhil.drivers.schedule import OBSERVATION_SETS
+    if text in OBSERVATION_SETS:
+        return text
+    labels = [x for x in text.replace(" ", "").split(",") if x]
+    bad = [x for x in labels if not (_PAULI_SPARSE.fullmatch(x) or (_PAULI_DENSE.fullmatch(x) and set(x) != {"I"}))]
+    if not labels or bad:
+        raise ValueError(f"allowed: {', '.join(OBSERVATION_SETS)}, or comma-separated Pauli labels "
+                         "(sparse like X0Z2 or dense like XIZI)")
+    return text
+
+
+#: A measurement regime name, or comma-separated Pauli labels (checked against the model later).
+regime = checked(_regime, "regime", "text")

@@ -42,7 +42,7 @@ import numpy as np
 
 from qhil.drivers import Backend
 
-from .args import choice_list, float_in, int_in, json_object, output_file
+from .args import backend_spec, choice_list, float_in, int_in, json_object, output_file, regime
 
 #: what ``--allow-mismatch`` may let through
 MISMATCH_KINDS = ("model", "channels", "bounds", "dt")
@@ -50,7 +50,8 @@ MISMATCH_KINDS = ("model", "channels", "bounds", "dt")
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("deploy", help="run a trained policy or a protocol on a device (or rehearse on a simulator)")
-    p.add_argument("--endpoint", required=True, help="zmq://host:port, or statevector | aer to rehearse")
+    p.add_argument("--endpoint", type=backend_spec, required=True,
+                   help="zmq://host:port, or statevector | aer to rehearse")
     p.add_argument("--run", type=Path, default=None, help="a `qhil train` run folder (--run-dir): its policy")
     p.add_argument("--run-name", default=None, help="which run of that folder (default: the only one)")
     what = p.add_mutually_exclusive_group()
@@ -60,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int_in(1, 100_000), help="--policy: number of steps")
     p.add_argument("--dt", type=float_in(0.0, 1e3, low_open=True),
                    help="step length (1/ω_0); else from the run or the protocol file")
-    p.add_argument("--regime", default=None,
+    p.add_argument("--regime", type=regime, default=None,
                    help="--policy/--protocol: energies | first_order | second_order | tomography | labels,… "
                         "(a run uses its own)")
     p.add_argument("--every", type=int_in(1, 100_000), default=1, help="--protocol: measure every m-th step")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .args import float_in, int_in
+from .args import backend_spec, float_in, int_in, regime
 from .model_options import add_model_options, model_from_args
 
 
@@ -27,9 +27,14 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+#: Most control steps ``--controls`` may expand to.
+MAX_STEPS = 100_000
+
+
 def _controls(text: str) -> list:
     """'0.3,0.3,…' (one channel, a value per step), 'v*K' (K repeats), or
-    '5,0,0;0,5,0' (several channels: steps separated by ';', channels by ',')."""
+    '5,0,0;0,5,0' (several channels: steps separated by ';', channels by ','). Finite
+    numbers, at least one step, at most :data:`MAX_STEPS`."""
     text = text.replace(" ", "")
     try:
         if ";" not in text:
@@ -37,13 +42,20 @@ def _controls(text: str) -> list:
             for part in text.split(","):
                 if "*" in part:
                     v, k = part.split("*")
+                    if not 0 < int(k) <= MAX_STEPS - len(out):
+                        raise ValueError
                     out.extend([float(v)] * int(k))
                 elif part:
                     out.append(float(part))
-            return out
-        return [_floats(row) for row in text.split(";") if row]
+        else:
+            out = [_floats(row) for row in text.split(";") if row]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"cannot parse controls {text!r}") from None
+        raise argparse.ArgumentTypeError(f"cannot parse controls {text[:80]!r}: give finite numbers, "
+                                         f"'v*K' repeats (1 ≤ K), at most {MAX_STEPS} steps") from None
+    flat = np.asarray([x for row in out for x in (row if isinstance(row, list) else [row])], dtype=float)
+    if not out or len(out) > MAX_STEPS or not np.all(np.isfinite(flat)):
+        raise argparse.ArgumentTypeError(f"controls {text[:80]!r}: need 1 to {MAX_STEPS} steps of finite numbers")
+    return out
 
 
 def _json_default(o: Any) -> Any:
@@ -61,8 +73,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="step length Δt in (0, 1000] (units of 1/ω_0)")
     s.add_argument("--controls", type=_controls, required=True,
                    help="'0.3,0.3,…' one value per step; '0.3*28' repeats; rows ';' for several channels (a leading minus sign is fine)")
-    s.add_argument("--backend", default="statevector", help="statevector | aer | zmq://host:port")
-    s.add_argument("--regime", default="energies",
+    s.add_argument("--backend", type=backend_spec, default="statevector", help="statevector | aer | zmq://host:port")
+    s.add_argument("--regime", type=regime, default="energies",
                    help="full_state | energies | first_order | second_order | tomography | comma-separated Pauli labels")
     s.add_argument("--every", type=int_in(1, 100_000), default=1, help="measure every m-th step")
     s.add_argument("--shots", type=int_in(1, 10_000_000), default=None, help="shots per setting (default: exact)")

@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .args import choice_list, float_in, floats, input_file, int_in, output_dir, output_file
+from .args import backend_spec, choice_list, float_in, floats, input_file, int_in, output_dir, output_file
 from .model_options import add_model_options, model_from_args, model_label
 
 REGIME_CHOICES = ["full_state", "energies", "first_order", "second_order"]
@@ -48,7 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="charging time τ in (0, 10⁴] (1/ω_0; default 5.6)")
     s.add_argument("--steps", dest="n_steps", type=int_in(1, 10_000), default=28,
                    help="K piecewise-constant steps (default 28); Δt = τ/K")
-    s.add_argument("--backend", default="statevector", help="driver spec (default statevector)")
+    s.add_argument("--backend", type=backend_spec, default="statevector",
+                   help="driver spec: statevector (default), aer or zmq://host:port")
     s.add_argument("--n-envs", type=int_in(1, 4096), default=1, help="batteries stepped together in one backend call")
     s.add_argument("--config", type=input_file, default=None, help="JSON/TOML file of SAC options")
     s.add_argument("--run-dir", type=output_dir, default=Path("runs/train"), help="run store + checkpoints")
