@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEPS   := $(VENV)/.deps-installed
-SOURCES := $(shell find drivers envs agents lab -name '*.py') pyproject.toml
+SOURCES := $(shell find drivers envs agents experiments lab -name '*.py') pyproject.toml
 
 .PHONY: demo test test-all bench install dev wheel clean
 

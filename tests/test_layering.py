@@ -1,11 +1,11 @@
-"""Dependencies point one way: lab → agents → envs → drivers. Nothing imports upward."""
+"""Dependencies point one way: lab → experiments → agents → envs → drivers. Nothing imports upward."""
 import ast
 import pathlib
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ORDER = ["drivers", "envs", "agents", "lab"]
+ORDER = ["drivers", "envs", "agents", "experiments", "lab"]
 
 
 def imported_layers(path: pathlib.Path) -> set[str]:

@@ -1,0 +1,1 @@
+"""Seed 004: the XY-chain supply chain — its run specs and sweeps."""
