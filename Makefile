@@ -12,7 +12,7 @@ $(DEPS): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# torch first and exactly: the CPU build 2.13.0 (a looser request pulls GBs of CUDA wheels)
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt '.[test]'
+	$(BIN)/pip install -q -c constraints.txt '.[test,cluster]'
 	touch $@
 
 # numba's on-disk cache files are not pip's, so an uninstall leaves site-packages/qhil/
