@@ -46,9 +46,9 @@ HUGE = "1" + "0" * 30
 #: Heavy work a malformed value must never reach: (module, attribute path).
 WORK: list[tuple[str, str]] = [
     ("qhil.drivers.backend", "Backend.run"),
-    ("qhil.drivers.zmq_client", "ZmqBackend.describe"),
-    ("qhil.drivers.zmq_client", "ZmqBackend.unlock"),
-    ("qhil.drivers.zmq_client", "ZmqBackend.lock"),
+    ("qhil.drivers.bridge.client", "ZmqBackend.describe"),
+    ("qhil.drivers.bridge.client", "ZmqBackend.unlock"),
+    ("qhil.drivers.bridge.client", "ZmqBackend.lock"),
     ("qhil.agents.training", "train_off_policy"),
     ("qhil.agents.training", "train"),
     ("qhil.agents.grape", "grape"),
@@ -102,7 +102,7 @@ NEGATIVE_OK = {("simulate", "--coupling"), ("lab serve", "--coupling"), ("lab se
 FREE_TEXT = {("train", "--run"), ("lab keygen", "--name"), ("deploy", "--policy"), ("deploy", "--client-cert"),
              ("deploy", "--server-key"), ("lab unlock", "--owner"), ("lab unlock", "--key-file"),
              ("lab unlock", "--server-key"), ("lab unlock", "--client-cert"), ("lab lock", "--owner"),
-             ("lab lock", "--server-key"), ("lab lock", "--client-cert")}
+             ("lab lock", "--server-key"), ("lab lock", "--client-cert"), ("lab serve", "--exec-arg")}
 #: Path options by what they are (destination names).
 OUTPUT_PATHS = {"json", "out", "log", "run_log", "out_dir", "work_dir", "run_dir", "grape_dir", "folder"}
 INPUT_PATHS = {"config", "protocol", "curve_secret", "allowed_keys"}

@@ -143,6 +143,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int_in(0, 2**63 - 1), default=None, help="seed of the drift")
     g.add_argument("--inject-faults", type=int_in(0, MAX_INJECTED_FAULTS), default=0,
                    help="fail the next N executions (testing)")
+    g.add_argument("--solver", choices=["lanczos_diag", "scipy_expm"], default="lanczos_diag",
+                   help="qiskit-dynamics method: lanczos_diag on sparse operators (default; fast, error "
+                        "bounded a priori) or scipy_expm (the former dense path)")
+    g.add_argument("--oversample", type=int_in(1, 64), default=8,
+                   help="samples per control step with --rise-time (1..64; default 8)")
+    x = s.add_argument_group("exec device (--device exec:PATH)")
+    x.add_argument("--exec-timeout", type=float_in(0.0, 86_400.0, low_open=True), default=60.0,
+                   help="seconds one run of the program may take before it is killed (default 60)")
+    x.add_argument("--exec-arg", action="append", default=[], metavar="ARG",
+                   help="an argument passed to the program (repeat for several)")
+    x.add_argument("--exec-safe-command", action="store_true",
+                   help='the program understands {"command": "safe"} (sent after every run and on faults)')
+    x.add_argument("--exec-calibration-command", action="store_true",
+                   help='the program answers {"command": "calibration"} (asked for each run\'s snapshot)')
     c = s.add_argument_group("security and limits")
     c.add_argument("--curve-secret", type=input_file,
                    help="server certificate with secret key (turns CURVE on; needs --allowed-keys)")
@@ -200,7 +214,8 @@ def build_model(args: argparse.Namespace) -> Any:
 _OPTION = {"bind": "--bind", "max_message_bytes": "--max-message-bytes", "curve_secret_file": "--curve-secret",
            "allowed_keys": "--allowed-keys", "run_log": "--run-log", "fault_next": "--inject-faults",
            "rise_time": "--rise-time", "amplitude_error": "--amplitude-error", "frequency_drift": "--frequency-drift",
-           "readout_error": "--readout-error", "seed": "--seed", "allow_exact": "--allow-exact"}
+           "readout_error": "--readout-error", "seed": "--seed", "allow_exact": "--allow-exact",
+           "method": "--solver", "oversample": "--oversample", "timeout_s": "--exec-timeout", "args": "--exec-arg"}
 
 
 def _option_error(exc: Exception, option: str) -> Exception:
@@ -237,9 +252,16 @@ def _check_serve_options(args: argparse.Namespace) -> None:
         if not any(n.endswith(".key") for n in os.listdir(args.allowed_keys)):
             print(f"qhil lab: warning: {args.allowed_keys} holds no *.key file: every client is refused "
                   "until one is added", file=sys.stderr)
+    if not args.device.startswith("exec:"):
+        changed = [o for o, d in (("exec_timeout", 60.0), ("exec_arg", []), ("exec_safe_command", False),
+                                  ("exec_calibration_command", False)) if getattr(args, o) != d]
+        if changed:
+            raise ValidationError("--" + changed[0].replace("_", "-"), f"applies to --device exec:PATH only, "
+                                  f"not {args.device}")
     if args.device != "emulator":
         changed = [o for o, d in (("rise_time", 0.0), ("amplitude_error", 0.0), ("frequency_drift", 0.0),
-                                  ("readout_error", 0.0), ("inject_faults", 0)) if getattr(args, o) != d]
+                                  ("readout_error", 0.0), ("inject_faults", 0), ("solver", "lanczos_diag"),
+                                  ("oversample", 8)) if getattr(args, o) != d]
         if changed:
             raise ValidationError("--" + changed[0].replace("_", "-"), f"applies to --device emulator only, "
                                   f"not {args.device}")
@@ -261,8 +283,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         opts = dict(rise_time=args.rise_time, amplitude_error=args.amplitude_error,
                     frequency_drift=args.frequency_drift, readout_error=args.readout_error,
                     allow_exact=args.allow_exact, seed=args.seed, fault_next=args.inject_faults)
+        opts.update(method=args.solver, oversample=args.oversample)
     elif args.device.startswith("exec:"):
-        opts = dict(allow_exact=args.allow_exact)
+        opts = dict(allow_exact=args.allow_exact, timeout_s=args.exec_timeout, args=tuple(args.exec_arg),
+                    safe_command=args.exec_safe_command, calibration_command=args.exec_calibration_command)
     try:
         device = create_device(args.device, model, **opts)
     except (QhilError, ValueError, TypeError, OSError) as exc:
