@@ -26,7 +26,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from qhil.drivers import _validate as check
@@ -34,7 +33,7 @@ from qhil.drivers.backend import check_seed
 
 from ._checks import check_network_and_replay
 from .base import SeededAgent, gradient_step
-from .sac import mlp
+from .networks import MultiHeadQ
 
 
 @dataclass
@@ -69,19 +68,6 @@ class BootstrappedDQNConfig:
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
         return d
-
-
-class MultiHeadQ(nn.Module):
-    """Torso + K linear heads: Q(s) of shape (batch, K, n_actions)."""
-
-    def __init__(self, obs_dim: int, hidden: tuple[int, ...], n_actions: int, heads: int) -> None:
-        super().__init__()
-        self.torso = nn.Sequential(mlp(obs_dim, hidden[:-1], hidden[-1]), nn.ReLU())
-        self.heads = nn.ModuleList(nn.Linear(hidden[-1], n_actions) for _ in range(heads))
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        h = self.torso(obs)
-        return torch.stack([head(h) for head in self.heads], dim=1)
 
 
 class BootstrappedDQN(SeededAgent):

@@ -28,7 +28,7 @@ from qhil.drivers.backend import check_seed
 
 from ._checks import check_network_and_replay
 from .base import SeededAgent
-from .sac import SoftQ, mlp
+from .networks import SoftQ, mlp
 
 
 @dataclass

@@ -35,7 +35,7 @@ from qhil.drivers.backend import check_seed
 
 from ._checks import check_network_and_replay
 from .base import SeededAgent, gradient_step
-from .sac import mlp
+from .networks import mlp
 
 
 @dataclass

@@ -28,12 +28,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from qhil.drivers import _validate as check
 from qhil.drivers.backend import check_seed
 
 from .base import SeededAgent, gradient_step
+from .networks import tanh_mlp
 
 @dataclass
 class PPOConfig:
@@ -106,18 +106,6 @@ def clipped_surrogate(logp_new: torch.Tensor, logp_old: torch.Tensor, adv: torch
     return torch.min(ratio * adv, torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * adv).mean()
 
 
-def _mlp_tanh(n_in: int, hidden: tuple[int, ...], n_out: int, out_gain: float) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for h in hidden:
-        lin = nn.Linear(n_in, h)
-        nn.init.orthogonal_(lin.weight, 2 ** 0.5); nn.init.zeros_(lin.bias)
-        layers += [lin, nn.Tanh()]
-        n_in = h
-    out = nn.Linear(n_in, n_out)
-    nn.init.orthogonal_(out.weight, out_gain); nn.init.zeros_(out.bias)
-    return nn.Sequential(*layers, out)
-
-
 class PPO(SeededAgent):
     """PPO over ``n_actions`` discrete actions, trained on-policy by
     :func:`qhil.agents.training.train` (``uses_replay = False``; it learns in :meth:`observe`).
@@ -135,8 +123,8 @@ class PPO(SeededAgent):
         self._setup(config or PPOConfig(), reward_weights)
         self.obs_dim, self.n_actions = int(obs_dim), int(n_actions)
         h = tuple(self.cfg.hidden)
-        self.pi = _mlp_tanh(self.obs_dim, h, self.n_actions, 0.01)      # logits
-        self.v = _mlp_tanh(self.obs_dim, h, 1, 1.0)
+        self.pi = tanh_mlp(self.obs_dim, h, self.n_actions, 0.01)      # logits
+        self.v = tanh_mlp(self.obs_dim, h, 1, 1.0)
         self.opt = torch.optim.Adam(list(self.pi.parameters()) + list(self.v.parameters()),
                                     lr=self.cfg.lr, eps=1e-5)
         self.n_updates = 0

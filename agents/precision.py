@@ -79,15 +79,11 @@ def time_step(precision: str, n_in: int, hidden: tuple[int, ...], batch: int, re
     """Best of ``reps`` timed forward + backward passes (seconds) of an MLP n_in → hidden → 1
     on a batch, in float32 or under bf16 autocast; torch's RNG state is left as it was."""
     import torch
-    import torch.nn as nn
+
+    from .networks import mlp
     rng_state = torch.get_rng_state()
     try:
-        layers: list[nn.Module] = []
-        width = n_in
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        net = nn.Sequential(*layers, nn.Linear(width, 1))
+        net = mlp(n_in, tuple(hidden), 1)
         x = torch.randn(batch, n_in)
         best = float("inf")
         for i in range(reps + 1):                               # the first pass warms up

@@ -31,66 +31,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from qhil.drivers import set_threads
 from qhil.drivers.threads import default_threads
+from .networks import Actor, SoftQ, mlp  # noqa: F401  (re-exported)
 from .precision import probe_precision
 from .sac_config import SACConfig
 
 __all__ = ["SAC", "SACConfig", "Actor", "SoftQ", "mlp"]
-
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
-
-
-def mlp(n_in: int, hidden: tuple[int, ...], n_out: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for h in hidden:
-        layers += [nn.Linear(n_in, h), nn.ReLU()]
-        n_in = h
-    return nn.Sequential(*layers, nn.Linear(n_in, n_out))
-
-
-class SoftQ(nn.Module):
-    """Q_φ(s, a): state and normalised action in, one value out."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...]) -> None:
-        super().__init__()
-        self.net = mlp(obs_dim + act_dim, hidden, 1)
-
-    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, act], dim=-1)).squeeze(-1).float()
-
-
-class Actor(nn.Module):
-    """Squashed Gaussian policy: returns the normalised action a = tanh(ã) ∈ [−1, 1]."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...]) -> None:
-        super().__init__()
-        self.body = mlp(obs_dim, hidden[:-1], hidden[-1])
-        self.mu = nn.Linear(hidden[-1], act_dim)
-        self.log_std = nn.Linear(hidden[-1], act_dim)
-
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = F.relu(self.body(obs))
-        log_std = torch.tanh(self.log_std(h).float())
-        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
-        return self.mu(h).float(), log_std.float()
-
-    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """a ~ π(·|s) (reparametrised) and log π(a|s), including the tanh Jacobian."""
-        mu, log_std = self(obs)
-        std = log_std.exp()
-        pre = mu + std * torch.randn_like(mu)                               # ã
-        a = torch.tanh(pre)
-        log_prob = (-0.5 * ((pre - mu) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
-                    - torch.log(1 - a.pow(2) + 1e-6)).sum(-1)
-        return a, log_prob
-
-    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self(obs)[0])
-
 
 class SAC:
     """The agent: networks, optimisers, temperature and the update of Eqs. (15)–(18).
