@@ -211,7 +211,8 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
-    from qhil.drivers import Experiment, MeasurementSchedule, create_backend, wire
+    from qhil.drivers import Experiment, MeasurementSchedule, create_backend
+    from qhil.drivers.bridge import wire
     from qhil.envs import DickeBattery, XYChain
 
     procs: list[subprocess.Popen] = []

@@ -123,7 +123,7 @@ def versions() -> dict[str, str]:
 _DRIVERS: dict[str, str] = {
     "statevector": "qhil.drivers.statevector:StatevectorBackend",
     "aer": "qhil.drivers.aer:AerBackend",
-    "zmq": "qhil.drivers.zmq_client:ZmqBackend",
+    "zmq": "qhil.drivers.bridge.client:ZmqBackend",
 }
 
 

@@ -3,7 +3,7 @@
     server = LabServer(device, bind="tcp://127.0.0.1:5555", run_log="runs.sqlite")
     server.serve_forever()
 
-* Every message is decoded and validated (:mod:`qhil.drivers.wire`); a bad one gets a
+* Every message is decoded and validated (:mod:`qhil.drivers.bridge.wire`); a bad one gets a
   structured error reply ``{code, message, retryable}`` and the server serves the next.
 * Requests are idempotent: results are kept by request id (in memory for recent ids, and
   in the SQLite run log for all of them, across restarts), so a retry never runs the
@@ -38,10 +38,10 @@ import numpy as np
 import zmq
 
 from qhil.drivers import MeasurementSchedule, ValidationError
-from qhil.drivers import wire
+from qhil.drivers.bridge import wire
 from qhil.drivers.model import BOUND_TOLERANCE
 from qhil.drivers.pauli import estimate_from_counts, parse_pauli
-from qhil.drivers.wire import BridgeError, Message, error
+from qhil.drivers.bridge.wire import BridgeError, Message, error
 
 from .device import PulseDevice
 

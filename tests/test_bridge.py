@@ -19,8 +19,9 @@ import pytest
 import zmq
 
 from qhil.drivers import (Experiment, MeasurementSchedule, UnsupportedError, ValidationError,
-                          create_backend, wire)
-from qhil.drivers.wire import BridgeError, Message
+                          create_backend)
+from qhil.drivers.bridge import wire
+from qhil.drivers.bridge.wire import BridgeError, Message
 from qhil.envs import DickeBattery
 
 OMEGAS = (0.9, 1.3, 0.7)

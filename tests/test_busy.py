@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from qhil.drivers import Experiment, MeasurementSchedule, ValidationError, create_backend
-from qhil.drivers.wire import BridgeTimeout
+from qhil.drivers.bridge.wire import BridgeTimeout
 from qhil.envs import XYChain
 from qhil.lab.device import NullDevice
 from qhil.lab.server import LabServer

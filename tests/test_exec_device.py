@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 import zmq
 
-from qhil.drivers import Experiment, MeasurementSchedule, ValidationError, create_backend, wire
-from qhil.drivers.wire import Message
+from qhil.drivers import Experiment, MeasurementSchedule, ValidationError, create_backend
+from qhil.drivers.bridge import wire
+from qhil.drivers.bridge.wire import Message
 from qhil.envs import DickeBattery
 from qhil.lab.device import DeviceFault
 from qhil.lab.exec_device import EXEC_PROTOCOL, ExecDevice

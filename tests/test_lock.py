@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qhil.drivers import Experiment, MeasurementSchedule, ValidationError, create_backend, wire
-from qhil.drivers.wire import BridgeError, Message
+from qhil.drivers import Experiment, MeasurementSchedule, ValidationError, create_backend
+from qhil.drivers.bridge import wire
+from qhil.drivers.bridge.wire import BridgeError, Message
 from qhil.envs import XYChain
 from qhil.lab.device import NullDevice
 from qhil.lab.server import LabServer

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import zmq
 
-from qhil.drivers import wire
+from qhil.drivers.bridge import wire
 from qhil.envs import XYChain
 from qhil.lab.device import NullDevice
 from qhil.lab.server import LabServer

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import zmq
 
-from qhil.drivers import wire
-from qhil.drivers.wire import Message
+from qhil.drivers.bridge import wire
+from qhil.drivers.bridge.wire import Message
 from qhil.envs import XYChain
 from qhil.lab.device import ModelDevice
 from qhil.lab.server import MAX_WAITERS, MIN_MESSAGE_BYTES, RUN_COLUMNS, LabServer, RunLog

@@ -30,8 +30,8 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qhil.drivers import wire
-from qhil.drivers.wire import Message
+from qhil.drivers.bridge import wire
+from qhil.drivers.bridge.wire import Message
 from qhil.envs import XYChain
 from qhil.lab import server as server_mod
 from qhil.lab.device import NullDevice

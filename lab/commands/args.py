@@ -274,7 +274,7 @@ def choice_list(choices: list[str] | tuple[str, ...], joined: bool = False) -> C
 
 
 def _backend_spec(text: str) -> str:
-    from qhil.drivers.zmq_client import parse_endpoint
+    from qhil.drivers.bridge import parse_endpoint
     if text in ("statevector", "aer"):
         return text
     if text.startswith("zmq://"):

@@ -47,10 +47,10 @@ import numpy as np
 import zmq
 
 from . import wire
-from .backend import Backend, Capabilities
-from .errors import UnsupportedError, ValidationError
-from .experiment import Experiment, Result
-from .pauli import estimate_from_counts
+from ..backend import Backend, Capabilities
+from ..errors import UnsupportedError, ValidationError
+from ..experiment import Experiment, Result
+from ..pauli import estimate_from_counts
 from .wire import BridgeError, BridgeTimeout, Message
 
 _SPEC = re.compile(r"^zmq://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from .errors import QhilError
+from ..errors import QhilError
 
 #: Protocol version "major.minor". A different major version is refused by both ends.
 PROTOCOL_VERSION = "1.0"
