@@ -162,6 +162,26 @@ def group_settings(labels: tuple[str, ...], n_qubits: int) -> tuple[str, ...]:
     return tuple(chosen)
 
 
+# -- state tomography: every Pauli, read from the 3^n product settings ----------------
+
+@lru_cache(maxsize=16)
+def tomography_labels(n_qubits: int) -> tuple[str, ...]:
+    """All 4^n − 1 non-identity Paulis on n qubits (sparse labels), in product order (the
+    labels state tomography reads)."""
+    out = []
+    for letters in itertools.product("IXYZ", repeat=n_qubits):
+        lab = "".join(f"{c}{q}" for q, c in enumerate(letters) if c != "I")
+        if lab:
+            out.append(lab)
+    return tuple(out)
+
+
+@lru_cache(maxsize=16)
+def tomography_settings(n_qubits: int) -> tuple[str, ...]:
+    """The 3^n local product bases; together they read every Pauli."""
+    return tuple("".join(s) for s in itertools.product("XYZ", repeat=n_qubits))
+
+
 # -- shot sampling ----------------------------------------------------------------------
 
 def _rotation(setting: str) -> np.ndarray:

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _validate as check
 from .errors import ValidationError
-from .pauli import all_two_local, group_settings, iter_labels
+from .pauli import all_two_local, group_settings, iter_labels, tomography_labels, tomography_settings
 
 #: The four observation regimes of seed 000, Sec. IV B.
 REGIMES = ("full_state", "energies", "first_order", "second_order")
@@ -28,7 +28,6 @@ def regime_observables(regime: str, n_qubits: int) -> tuple[str, ...]:
         raise ValidationError("observables", f"unknown regime {regime!r}",
                               f"one of {', '.join(OBSERVATION_SETS)} or a list of Pauli labels")
     if regime == TOMOGRAPHY:
-        from .tomography import tomography_labels
         return tomography_labels(n_qubits)
     z = [f"Z{j}" for j in range(n_qubits)]
     if regime == "full_state":
@@ -100,7 +99,6 @@ class MeasurementSchedule:
     def settings(self, n_qubits: int) -> tuple[str, ...]:
         """Local basis settings that cover :meth:`labels`."""
         if self.observables == TOMOGRAPHY:
-            from .tomography import tomography_settings
             return tomography_settings(n_qubits)
         return group_settings(self.labels(n_qubits), n_qubits)
 

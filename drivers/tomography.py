@@ -13,31 +13,13 @@ Cost: 3^n settings × shots per measured step (81 settings for n = 4).
 """
 from __future__ import annotations
 
-import itertools
 from functools import lru_cache
 
 import numpy as np
 
 from .errors import ValidationError
 from .experiment import Result
-from .pauli import expectation_matrix
-
-
-@lru_cache(maxsize=16)
-def tomography_labels(n_qubits: int) -> tuple[str, ...]:
-    """All 4^n − 1 non-identity Paulis on n qubits (sparse labels), in product order."""
-    out = []
-    for letters in itertools.product("IXYZ", repeat=n_qubits):
-        lab = "".join(f"{c}{q}" for q, c in enumerate(letters) if c != "I")
-        if lab:
-            out.append(lab)
-    return tuple(out)
-
-
-@lru_cache(maxsize=16)
-def tomography_settings(n_qubits: int) -> tuple[str, ...]:
-    """The 3^n local product bases; together they read every Pauli."""
-    return tuple("".join(s) for s in itertools.product("XYZ", repeat=n_qubits))
+from .pauli import expectation_matrix, tomography_labels
 
 
 @lru_cache(maxsize=16)

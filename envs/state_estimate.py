@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from qhil.drivers import Result, ValidationError
-from qhil.drivers.pauli import estimate_from_counts
-from qhil.drivers.tomography import estimate_density, linear_inversion, project_to_physical, tomography_labels
+from qhil.drivers.pauli import estimate_from_counts, tomography_labels
+from qhil.drivers.tomography import estimate_density, linear_inversion, project_to_physical
 
 from .dicke import DickeBattery
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from qhil.drivers import Experiment, MeasurementSchedule, create_backend
-from qhil.drivers.tomography import (estimate_density, linear_inversion, project_to_physical,
-                                     tomography_labels, tomography_settings)
+from qhil.drivers.pauli import tomography_labels, tomography_settings
+from qhil.drivers.tomography import estimate_density, linear_inversion, project_to_physical
 from qhil.envs import DickeBattery
 
 pytestmark = pytest.mark.filterwarnings("ignore:truncation of the dicke:RuntimeWarning")

@@ -1,0 +1,92 @@
+"""The drivers' module graph: no import cycles, counting imports inside functions too (a cycle
+hidden by a function-level import is still a cycle)."""
+from __future__ import annotations
+
+import ast
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def module_names(folder: pathlib.Path, package: str) -> dict[str, pathlib.Path]:
+    """Dotted module name → file, for every .py under ``folder`` (``package`` is its name)."""
+    out = {}
+    for path in sorted(folder.rglob("*.py")):
+        parts = list(path.relative_to(folder).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join([package, *parts])] = path
+    return out
+
+
+def imports_of(path: pathlib.Path, name: str, known: set[str]) -> set[str]:
+    """Modules of ``known`` that the file imports anywhere (module level or inside a function)."""
+    is_package = path.name == "__init__.py"
+    here = name if is_package else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here.rsplit(".", node.level - 1)[0] if node.level > 1 else here
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module or ""
+            # `from pkg import sub` imports the submodule pkg.sub; `from pkg import name` the package
+            targets = [f"{module}.{a.name}" if f"{module}.{a.name}" in known else module for a in node.names]
+        else:
+            continue
+        found |= {t for t in targets if t in known and t != name}
+    return found
+
+
+def import_graph(folder: pathlib.Path, package: str) -> dict[str, set[str]]:
+    mods = module_names(folder, package)
+    return {name: imports_of(path, name, set(mods)) for name, path in mods.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle (a list of modules, first = last), or None. Depth-first search."""
+    state: dict[str, int] = {}           # 1 = on the stack, 2 = done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_drivers_import_graph_is_acyclic():
+    graph = import_graph(ROOT / "drivers", "qhil.drivers")
+    assert "qhil.drivers.schedule" in graph and "qhil.drivers.bridge.client" in graph
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle in drivers/: " + " → ".join(cycle or [])
+
+
+def test_the_cycle_check_can_fail(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .b import f\n")
+    (pkg / "b.py").write_text("from .sub import c\n")
+    # the cycle closes only through an import inside a function, two levels up
+    (pkg / "sub" / "c.py").write_text("def g():\n    from ..a import h\n    return h\n")
+    graph = import_graph(pkg, "pkg")
+    assert graph["pkg.b"] == {"pkg.sub.c"} and graph["pkg.sub.c"] == {"pkg.a"}
+    assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.sub.c", "pkg.a"]
+    (pkg / "sub" / "c.py").write_text("def g():\n    return 1\n")
+    assert find_cycle(import_graph(pkg, "pkg")) is None
