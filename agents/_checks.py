@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qhil.drivers import _validate as check
+from qhil.drivers import checks as check
 
 
 def check_network_and_replay(cfg: Any) -> None:

@@ -27,10 +27,10 @@ import numpy as np
 from scipy.optimize import minimize
 
 from qhil.drivers import Model, ValidationError
-from qhil.drivers import _validate as check
+from qhil.drivers import checks as check
 from qhil.drivers.backend import check_seed
 from qhil.drivers.pauli import pauli_matrix
-from qhil.drivers.propagate import invariant_sector
+from qhil.drivers import invariant_sector
 
 
 # -- exact propagators and their derivatives ------------------------------------------------

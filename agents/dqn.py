@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 
-from qhil.drivers import _validate as check
+from qhil.drivers import checks as check
 from qhil.drivers.backend import check_seed
 
 from ._checks import check_network_and_replay

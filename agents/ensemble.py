@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from qhil.drivers import _validate as check
+from qhil.drivers import checks as check
 from qhil.drivers.backend import check_seed
 
 from .dqn import DQN, DQNConfig

@@ -31,7 +31,7 @@ from scipy.optimize import minimize
 from scipy.sparse.linalg import expm_multiply
 
 from qhil.drivers import Experiment, MeasurementSchedule, create_backend
-from qhil.drivers.propagate import invariant_sector
+from qhil.drivers import invariant_sector
 from qhil.envs.dicke import DickeBattery
 
 

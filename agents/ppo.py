@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from qhil.drivers import _validate as check
+from qhil.drivers import checks as check
 from qhil.drivers.backend import check_seed
 
 from .base import SeededAgent, gradient_step

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qhil.drivers import ValidationError
-from qhil.drivers import _validate as check
+from qhil.drivers import checks as check
 from qhil.drivers.backend import check_seed
 from qhil.envs.charging import scheduled_weight
 

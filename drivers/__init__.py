@@ -5,6 +5,7 @@ from .errors import QhilError, UnsupportedError, ValidationError
 from .experiment import Experiment, Result
 from .model import ControlChannel, Model, model_from_dict, model_kinds, register_model
 from .noise import Channel, bit_flip, depolarizing, kraus_channel, phase_flip
+from .propagate import invariant_sector
 from .schedule import REGIMES, MeasurementCost, MeasurementSchedule, regime_observables
 from .threads import apply_defaults as _apply_thread_defaults
 from .threads import default_threads, set_threads
@@ -15,4 +16,4 @@ __all__ = ["Backend", "Capabilities", "Channel", "ControlChannel", "Experiment",
            "MeasurementSchedule", "Model", "QhilError", "REGIMES", "Result", "UnsupportedError",
            "ValidationError", "create_backend", "model_from_dict", "model_kinds", "register_driver",
            "register_model", "regime_observables", "set_threads", "default_threads",
-           "bit_flip", "depolarizing", "kraus_channel", "phase_flip"]
+           "bit_flip", "depolarizing", "invariant_sector", "kraus_channel", "phase_flip"]

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _validate as check
+from . import checks as check
 from .backend import Backend, Capabilities
 from .errors import UnsupportedError, ValidationError
 from .experiment import Experiment, Result

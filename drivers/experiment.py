@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _validate as check
+from . import checks as check
 from .errors import ValidationError
 from .model import Model
 from .schedule import MeasurementCost, MeasurementSchedule

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 from numba import njit
 
-from . import _validate as check
+from . import checks as check
 from .errors import ValidationError
 from .model import Model
 from .propagate import aux_pairs, invariant_blocks

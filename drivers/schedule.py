@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _validate as check
+from . import checks as check
 from .errors import ValidationError
 from .pauli import all_two_local, group_settings, iter_labels, tomography_labels, tomography_settings
 

@@ -10,7 +10,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import _validate as check
+from . import checks as check
 from .backend import Backend, Capabilities
 from .experiment import Experiment, Result
 from .model import Model

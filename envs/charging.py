@@ -40,8 +40,8 @@ import numpy as np
 
 from qhil.drivers import (Backend, Experiment, MeasurementSchedule, REGIMES, Result,
                           UnsupportedError, ValidationError, create_backend)
-from qhil.drivers import _validate as check
-from qhil.drivers.propagate import invariant_sector
+from qhil.drivers import checks as check
+from qhil.drivers import invariant_sector
 
 from .dicke import ENV1, DickeBattery
 from .measurement import REWARD_MODES, HeldObservation, custom_observables, tomography_ergotropy

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from qhil.drivers import ControlChannel, Model, Result, register_model
-from qhil.drivers import _validate as check
+from qhil.drivers import checks as check
 from qhil.drivers.pauli import qubit_bits
 
 from .figures import ergotropy

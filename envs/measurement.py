@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from qhil.drivers import Backend, Experiment, MeasurementSchedule, ValidationError
-from qhil.drivers import _validate as check
+from qhil.drivers import checks as check
 from qhil.drivers.tomography import estimate_density
 
 from .dicke import DickeBattery

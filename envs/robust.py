@@ -118,7 +118,7 @@ def heldout_realisations(n: int, seed: int, omega_range: tuple[float, float] = (
                          n_tls: int = 4) -> list[tuple[float, ...]]:
     """``n`` disorder realisations ω ~ U[omega_range]^N from ``seed``: a held-out set when
     ``seed`` differs from the training draws' (continuous draws never coincide)."""
-    from qhil.drivers import _validate as check
+    from qhil.drivers import checks as check
     from qhil.drivers.backend import check_seed
     check.integer("n", n, 0, 1_000_000)
     check.integer("n_tls", n_tls, 1, 10)

@@ -59,7 +59,7 @@ from gymnasium import spaces
 
 from qhil.drivers import (Backend, Experiment, MeasurementSchedule, ValidationError,
                           create_backend)
-from qhil.drivers import _validate as check
+from qhil.drivers import checks as check
 
 from .figures import fidelity_density
 from .xy_chain import XYChain

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from qhil.drivers import ControlChannel, Model, Result, ValidationError, register_model
-from qhil.drivers import _validate as check
+from qhil.drivers import checks as check
 
 from .figures import fidelity_density
 

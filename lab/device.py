@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from qhil.drivers import ControlChannel, Model, ValidationError
-from qhil.drivers import _validate as check
+from qhil.drivers import checks as check
 from qhil.drivers.measure import qubit_density
 from qhil.drivers.pauli import qubit_bits
 

@@ -90,3 +90,38 @@ def test_the_cycle_check_can_fail(tmp_path):
     assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.sub.c", "pkg.a"]
     (pkg / "sub" / "c.py").write_text("def g():\n    return 1\n")
     assert find_cycle(import_graph(pkg, "pkg")) is None
+
+
+# -- the drivers' public surface: other layers import no private name -----------------------
+
+LAYERS = ["envs", "agents", "experiments", "lab", "benchmarks", "tests"]
+
+
+def private_driver_imports(path: pathlib.Path) -> list[str]:
+    """Imports in the file of a private drivers name: ``from qhil.drivers… import _x`` or a
+    module path with a ``_`` part (``qhil.drivers._x``)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("qhil.drivers"):
+            names = [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names if a.name.startswith("qhil.drivers")]
+        else:
+            continue
+        out += [f"{path.name}:{node.lineno}: {n}" for n in names
+                if any(part.startswith("_") and not part.startswith("__") for part in n.split("."))]
+    return out
+
+
+def test_no_private_drivers_names_outside_drivers():
+    offenders = [hit for layer in LAYERS for path in sorted((ROOT / layer).rglob("*.py"))
+                 for hit in private_driver_imports(path)]
+    assert not offenders, f"private drivers names imported from outside drivers/: {offenders}"
+
+
+def test_the_private_check_can_fail(tmp_path):
+    bad = tmp_path / "x.py"
+    bad.write_text("from qhil.drivers import _validate as check\nfrom qhil.drivers.model import _x, ok\n"
+                   "import qhil.drivers._kernels\nfrom qhil.drivers import checks, __version__\n")
+    assert private_driver_imports(bad) == ["x.py:1: qhil.drivers._validate", "x.py:2: qhil.drivers.model._x",
+                                           "x.py:3: qhil.drivers._kernels"]

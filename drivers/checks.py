@@ -1,4 +1,5 @@
-"""Small checks shared by every layer; each raises a ValidationError naming the parameter."""
+"""Input checks shared by every layer (public: envs, agents, experiments and lab use them); each
+raises a ValidationError naming the parameter and the allowed range."""
 from __future__ import annotations
 
 import math
