@@ -113,6 +113,15 @@ def test_job_far_longer_than_its_estimate_completes(slow_server):
     assert all(abs(info["started_at"] - running[0]["started_at"]) < 1e-6 for info in running)
 
 
+def test_busy_with_a_timeout_shorter_than_the_heartbeat(slow_server):
+    """timeout ≤ heartbeat: each "running" pong must move the deadline past the next pong (a
+    deadline of timeout after the pong would expire before it and end a busy run)."""
+    with create_backend(slow_server.spec, seed=3, timeout=0.2, heartbeat=0.5, retries=0) as b:
+        r = b.run(Experiment(MODEL, CONTROLS, 0.2, SCHED))[0]
+    assert r.metadata["bridge"]["attempts"] == 1
+    assert slow_server.executions(r.metadata["bridge"]["request_id"]) == 1
+
+
 def test_queued_requests_report_their_place(tmp_path):
     """A pipelined batch of three on a slow device: the third is first reported queued with
     one request queued before it, then none, then running; each runs once, in order."""

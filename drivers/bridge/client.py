@@ -124,7 +124,7 @@ class ZmqBackend(Backend):
 
     timeout:    seconds (finite, > 0) to wait for a reply beyond the job's estimated duration
                 (the first deadline is ``timeout + 3 × estimate``); every pong reporting the
-                request queued or running moves the deadline to ``timeout`` seconds after it
+                request queued or running moves the deadline to ``timeout`` + ``heartbeat`` seconds after it
     max_wait:   overall cap, seconds, on one call (a batch window) however busy the server
                 says it is; None (default): no cap, wait as long as the server works on it
     retries:    re-sends (an integer ≥ 0) after a timeout, a dead server or a retryable error
@@ -320,14 +320,16 @@ class ZmqBackend(Backend):
               ) -> tuple[dict[str, Message], str | None, list[str]]:
         """Replies to ``pending`` ids until all are in, or why not: (replies, reason, unknown)
         with reason "timeout" (the deadline, ``timeout`` seconds from now and moved to
-        ``self.timeout`` after each pong reporting a tracked id queued or running, passed),
+        ``self.timeout + self.heartbeat`` after each pong reporting a tracked id queued or
+        running, passed),
         "silent" (no message from the server and no transport heartbeat answer for
         ``heartbeat × liveness``) or "max_wait" (``give_up``, a monotonic time, passed), and
         ``unknown`` the tracked ids the server has no record of, or has finished although no
         reply came (the reply went to an earlier connection)."""
         now = time.monotonic()
         start = now
-        deadline, last_heard, next_ping = now + timeout, now, now + self.heartbeat
+        # the first ping goes out before the first deadline can pass, however short it is
+        deadline, last_heard, next_ping = now + timeout, now, now + min(self.heartbeat, timeout / 2)
         dead_after = self.heartbeat * self.liveness
         end = math.inf if give_up is None else give_up
         got: dict[str, Message] = {}
@@ -387,7 +389,8 @@ class ZmqBackend(Backend):
                     busy = [r for r, st in states.items() if st in ("queued", "running") and r in want
                             and r not in got]
                     if busy:           # a busy server is not a dead one: move the deadline on
-                        deadline = max(deadline, last_heard + self.timeout)
+                        # (+ one heartbeat: the next pong is due then, whatever timeout is)
+                        deadline = max(deadline, last_heard + self.timeout + self.heartbeat)
                         self._report(busy, states, m.body.get("progress"), last_heard - start)
 
     def _report(self, ids: list[str], states: dict[str, Any], progress: Any, waited: float) -> None:
