@@ -33,7 +33,7 @@ import numpy as np
 
 from qhil.drivers import Experiment, MeasurementSchedule, create_backend, default_threads
 from qhil.drivers.aer import register_qubits
-from qhil.drivers.noise import bit_flip, depolarizing, phase_flip
+from qhil.drivers.channels import bit_flip, depolarizing, phase_flip
 from qhil.envs import ENV1, DickeBattery
 
 K, DT = 28, 0.2

@@ -4,7 +4,7 @@ from .backend import Backend, Capabilities, create_backend, register_driver
 from .errors import QhilError, UnsupportedError, ValidationError
 from .experiment import Experiment, Result
 from .model import ControlChannel, Model, model_from_dict, model_kinds, register_model
-from .noise import Channel, bit_flip, depolarizing, kraus_channel, phase_flip
+from .channels import Channel, bit_flip, depolarizing, kraus_channel, phase_flip
 from .propagate import invariant_sector
 from .schedule import REGIMES, MeasurementCost, MeasurementSchedule, regime_observables
 from .threads import apply_defaults as _apply_thread_defaults

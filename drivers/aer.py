@@ -4,7 +4,7 @@
     backend = create_backend("aer", noise=noise_model)          # a qiskit-aer NoiseModel
     backend = create_backend("aer", noise=..., readout=[[0.98, 0.05], [0.02, 0.95]])
 
-Noise conventions (probabilities per step, rates per unit time) are in :mod:`qhil.drivers.noise`.
+Noise conventions (probabilities per step, rates per unit time) are in :mod:`qhil.drivers.channels`.
 
 Mapping onto qubits (Qiskit numbers qubits little-endian; qhil's qubit 0 is the most
 significant bit, so the map is explicit): qhil qubit q is Aer qubit q for q < n; the
@@ -19,7 +19,7 @@ Engines (``engine=``):
 
 * ``"aer"``:   Qiskit Aer, method ``density_matrix`` (the reference; ``statevector``
   without noise). Slow: the register holds 4 + 6 qubits for the default battery.
-* ``"block"``: :class:`~qhil.drivers.noise.BlockDensityEngine`, exact for channels that
+* ``"block"``: :class:`~qhil.drivers.density.BlockDensityEngine`, exact for channels that
   map |a⟩⟨b| only onto itself and |ā⟩⟨b̄| (bit/phase flip, depolarizing, amplitude and
   phase damping, thermal relaxation): ρ stays block-diagonal over the model's parity
   blocks. Cross-checked against Aer in the tests. With a prefix cache, like the exact driver.
@@ -57,8 +57,8 @@ from .errors import UnsupportedError, ValidationError
 from .experiment import Experiment, Result
 from .measure import measure_density, warn_if_truncated
 from .model import Model
-from .noise import (BlockDensityEngine, Channel, block_compatible, check_assignment,
-                    check_qubits, kraus_channel, parse_channels)
+from .channels import Channel, check_assignment, check_qubits, kraus_channel, parse_channels
+from .density import BlockDensityEngine, block_compatible
 from .pauli import estimate_from_counts, outcome_probabilities
 from .prefix import PrefixCache, lockstep
 
@@ -171,7 +171,7 @@ def _readout_matrix(err: Any) -> np.ndarray:
 class AerBackend(Backend):
     """Noisy simulation: Aer (reference) or the exact block engine; see the module docstring.
 
-    noise:      None, a channel (:func:`~qhil.drivers.noise.depolarizing`, a dict
+    noise:      None, a channel (:func:`~qhil.drivers.channels.depolarizing`, a dict
                 ``{"channel": "bit_flip", "p": 0.01, "qubits": [0, 2]}``, a pair
                 ``("phase_flip", 0.02)``), a list of those, a qiskit-aer ``NoiseModel``, or a
                 single-qubit ``QuantumError`` / ``qiskit.quantum_info.Kraus`` (all qubits).

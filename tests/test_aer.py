@@ -9,8 +9,8 @@ import scipy.linalg as sla
 
 from qhil.drivers import Experiment, MeasurementSchedule, ValidationError, create_backend
 from qhil.drivers.aer import aer_permutation, exact_with_readout, register_qubits
-from qhil.drivers.noise import (BlockDensityEngine, Channel, bit_flip, depolarizing, kraus_channel,
-                                phase_flip)
+from qhil.drivers.channels import Channel, bit_flip, depolarizing, kraus_channel, phase_flip
+from qhil.drivers.density import BlockDensityEngine
 from qhil.envs import ENV1, DickeBattery, XYChain
 
 # Small cutoffs are deliberate: exactness is checked within the truncated space.
@@ -515,7 +515,7 @@ def test_channel_constructors_raise_validation_errors(make, param):
 def test_non_cptp_qiskit_channel_and_unreadable_noise_are_validation_errors(dicke):
     from qiskit.quantum_info import SuperOp
 
-    from qhil.drivers.noise import parse_channels
+    from qhil.drivers.channels import parse_channels
     with pytest.raises(ValidationError) as info:
         kraus_channel(SuperOp(np.diag([1.0, 2.0, 2.0, 1.0])))              # not completely positive
     assert info.value.parameter in ("noise.kraus", "noise[kraus].kraus")

@@ -194,7 +194,7 @@ def test_runs_without_a_density_matrix():
 def test_runs_on_the_aer_driver():
     """The channel-noise driver: noiseless it agrees with the exact driver;
     a bit-flip channel lowers the free-transfer fidelity."""
-    from qhil.drivers.noise import bit_flip
+    from qhil.drivers.channels import bit_flip
     clean, flipped = create_backend("aer", seed=0), create_backend("aer", noise=bit_flip(p=0.02), seed=0)
     exact = run_episode(SupplyChainEnv(noise_level=0.0), [0] * 10)
     aer = run_episode(SupplyChainEnv(noise_level=0.0, backend=clean), [0] * 10)
