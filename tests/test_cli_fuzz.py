@@ -52,19 +52,18 @@ WORK: list[tuple[str, str]] = [
     ("qhil.agents.training", "train_off_policy"),
     ("qhil.agents.training", "train"),
     ("qhil.agents.grape", "grape"),
-    ("qhil.agents.measurement_study", "run_config"),
-    ("qhil.agents.measurement_study", "_worker"),
-    ("qhil.agents.open_closed", "compare"),
+    ("qhil.experiments.battery.measurement", "run_config"),
+    ("qhil.experiments.battery.open_closed", "compare"),
     ("qhil.envs.measurement", "tomography_ergotropy_stats"),
-    ("qhil.agents.supply_sweep", "run_one"),
-    ("qhil.agents.supply_sweep", "reference_returns"),
-    ("qhil.agents.supply_sweep", "evaluate_checkpoint"),
+    ("qhil.experiments.supply_chain.specs", "run_one"),
+    ("qhil.experiments.supply_chain.specs", "reference_returns"),
+    ("qhil.experiments.supply_chain.specs", "evaluate_checkpoint"),
     ("qhil.lab.server", "LabServer"),
+    ("qhil.experiments.battery.tune", "tune_sac"),
     ("zmq.auth", "create_certificates"),
     ("subprocess", "Popen"),
     ("subprocess", "run"),
     ("concurrent.futures", "ProcessPoolExecutor"),
-    ("qhil.lab.commands.sweep", "ProcessPoolExecutor"),
 ]
 
 #: A valid command line per (sub)command; ``{tmp}`` is the case folder. Each must reach the work.
@@ -83,6 +82,8 @@ BASE: dict[str, list[str]] = {
     "study tomography": ["study", "tomography", "--out-dir", "{tmp}/out"],
     "study open-closed": ["study", "open-closed", "--work-dir", "{tmp}/work", "--out-dir", "{tmp}/out"],
     "sweep": ["sweep", "lr", "--work-dir", "{tmp}/work", "--out", "{tmp}/out"],
+    "tune": ["tune", "--work-dir", "{tmp}/work", "--samples", "1", "--total-steps", "56",
+             "--learning-starts", "28", "--no-progress"],
 }
 #: reproduce: the target whose work an option changes (default table1).
 REPRODUCE_TARGET = {"--eval-every": "table2", "--test-random": "table2", "--weights": "figS2",
@@ -92,7 +93,7 @@ REPRODUCE_TARGET = {"--eval-every": "table2", "--test-random": "table2", "--weig
 #: Commands others are fixing while issue 16 is open: their non-clean cases are xfail.
 PENDING: set[str] = set()
 #: Commands whose every case must be clean now.
-OWNED = {"reproduce", "study measurement", "study tomography", "study open-closed", "sweep"}
+OWNED = {"reproduce", "study measurement", "study tomography", "study open-closed", "sweep", "tune"}
 
 #: Options where a negative number is legitimate (so "-1" is not generated).
 NEGATIVE_OK = {("simulate", "--coupling"), ("lab serve", "--coupling"), ("lab serve", "--amplitude-error"),
@@ -126,6 +127,7 @@ EXTRA: dict[tuple[str, str], list[str]] = {
     ("sweep", "--agents"): ["bogus", ","], ("sweep", "--lrs"): ["nan", "-1", ",", "0"],
     ("sweep", "--ns"): ["1", "abc", "9"], ("sweep", "--channels"): ["bogus", ","],
     ("sweep", "--probs"): ["2", "nan", "-0.1"],
+    ("tune", "--name"): ["", "a/b", ".hidden"], ("tune", "--address"): ["ray://", "host:0", "http://h:1"],
 }
 
 
