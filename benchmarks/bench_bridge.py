@@ -1,7 +1,8 @@
 """Round-trip latency, experiments/s and CPU per request through the lab bridge, against a
 bare pyzmq DEALER/ROUTER echo of the same frames, measured in the same run.
 
-    .venv/bin/python benchmarks/bench_bridge.py [--n 300] [--json] [--sync normal|full]
+    .venv/bin/python benchmarks/bench_bridge.py [--n 300] [--repeats 1] [--rows ping,small,batch,...]
+                                                [--json] [--sync normal|full]
 
 Servers run in subprocesses on loopback: a bare ROUTER echo (``recv_multipart`` →
 ``send_multipart`` of the same frames), and ``qhil lab serve`` with the ``null`` device (no
@@ -33,7 +34,12 @@ and back (heartbeats are answered while the device works), with the small run's 
 frames. The last line gives, in this process, the median of the SQLite commit of one run
 row through ``RunLog`` and of creating a run's seeded generator.
 
-Target (issue 5): bridge ≤ 2× the echo for small messages.
+With ``--repeats R`` every row is measured R times (each time interleaved with its own echo
+round trips); the table then gives the median over the repeats of each column, and the
+ratio's spread (min–max over the repeats). ``--rows`` picks rows: ping, small (run small,
+null device), batch (batch of 32, null device), large, emulator, floor.
+
+Target (issues 5 and 16): bridge ≤ 2× the echo for a small run on the null device.
 """
 from __future__ import annotations
 
@@ -179,6 +185,22 @@ def interleaved(bridge, echo: Echo, frames: list[bytes], server_pid: int, n: int
                        "echo_server": cpu["echo_server"] / 1e3 / per, "echo_client": cpu["echo_client"] * 1e6 / per}}
 
 
+def repeated(measure, repeats: int) -> dict:
+    """``measure()`` (an :func:`interleaved` dict) ``repeats`` times: the median of each
+    figure over the repeats, and every repeat's ratio (bridge median / echo median)."""
+    runs = [measure() for _ in range(repeats)]
+    ratios = [r["median_us"] / r["echo"]["median_us"] for r in runs]
+
+    def med(get):
+        return float(np.median([get(r) for r in runs]))
+    return {"median_us": med(lambda r: r["median_us"]), "p90_us": med(lambda r: r["p90_us"]),
+            "per_s": med(lambda r: r["per_s"]),
+            "echo": {"median_us": med(lambda r: r["echo"]["median_us"]),
+                     "p90_us": med(lambda r: r["echo"]["p90_us"])},
+            "cpu_us": {k: med(lambda r: r["cpu_us"][k]) for k in runs[0]["cpu_us"]},
+            "ratio": float(np.median(ratios)), "ratios": ratios}
+
+
 def floor(sync: str, n: int) -> dict[str, float]:
     """In-process costs every executed run pays: the run-log commit, the seeded generator."""
     from qhil.lab.server import RunLog
@@ -208,8 +230,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=300, help="round trips per row")
     ap.add_argument("--sync", choices=["normal", "full"], default="normal", help="run-log synchronous level")
+    ap.add_argument("--repeats", type=int, default=1, help="measurements per row (median and spread)")
+    ap.add_argument("--rows", default="ping,small,batch,large,emulator,floor",
+                    help="comma-separated rows: ping, small, batch, large, emulator, floor")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    if a.n < 1 or a.repeats < 1:
+        ap.error("--n and --repeats must be at least 1")
+    want = set(a.rows.split(","))
+    if not want <= {"ping", "small", "batch", "large", "emulator", "floor"}:
+        ap.error(f"unknown rows {sorted(want - {'ping', 'small', 'batch', 'large', 'emulator', 'floor'})}")
 
     from qhil.drivers import Experiment, MeasurementSchedule, create_backend
     from qhil.drivers.bridge import wire
@@ -231,6 +261,9 @@ def main() -> int:
             ("run small, emulator", "emulator", DickeBattery(omegas=(1.0, 1.2), n_max=4),
              lambda m: Experiment(m, [0.1], 0.2, MeasurementSchedule("energies", final_only=True, shots=100))),
         ]
+        null_rows = {"ping", "small", "batch", "floor"} & want
+        cases = [c for c in cases if (c[1] == "null" and c[0].startswith("run small") and null_rows)
+                 or (c[0].startswith("run large") and "large" in want) or (c[1] == "emulator" and "emulator" in want)]
         for label, device, model, make in cases:
             port = free_port()
             mj = json.dumps(model.to_dict())
@@ -241,21 +274,22 @@ def main() -> int:
             b = create_backend(f"zmq://127.0.0.1:{port}", seed=0)
             try:
                 b.describe()
-                if label.startswith("run small, null"):          # protocol round trip, no device
+                if label.startswith("run small, null") and "ping" in want:   # protocol round trip, no device
                     ping = [bytes(f) for f in wire.encode(wire.Message("ping", wire.new_id()))]
-                    r = interleaved(b.ping, echo, ping, srv.pid, a.n)
+                    r = repeated(lambda: interleaved(b.ping, echo, ping, srv.pid, a.n), a.repeats)
                     rows.append({"case": "ping (no device)", "bytes": sum(map(len, ping)),
                                  "frames": len(ping), **r})
                 e = make(model)
                 req = [bytes(f) for f in wire.encode(b._request(e, 1))]   # the driver's request frames
                 if label.startswith("run small, null"):
                     small_req = req
-                r = interleaved(lambda: b.run(e), echo, req, srv.pid, a.n)
-                rows.append({"case": label, "bytes": sum(map(len, req)), "frames": len(req), **r})
-                if label.startswith("run small"):                 # a batch of 32, pipelined
+                if device != "null" or "small" in want or label.startswith("run large"):
+                    r = repeated(lambda: interleaved(lambda: b.run(e), echo, req, srv.pid, a.n), a.repeats)
+                    rows.append({"case": label, "bytes": sum(map(len, req)), "frames": len(req), **r})
+                if label.startswith("run small") and (device != "null" or "batch" in want):   # batch of 32
                     batch = [e] * 32
-                    r = interleaved(lambda: b.run(batch), echo, req, srv.pid, max(8, a.n // 16), depth=32,
-                                    warmup=2)
+                    r = repeated(lambda: interleaved(lambda: b.run(batch), echo, req, srv.pid, max(8, a.n // 16),
+                                                     depth=32, warmup=2), a.repeats)
                     rows.append({"case": label.replace("run small", "batch of 32"), "bytes": sum(map(len, req)),
                                  "frames": len(req), **r})
             finally:
@@ -263,21 +297,21 @@ def main() -> int:
                 srv.kill()
                 srv.wait(timeout=10)
         # the floor: echo + run-log commit (+ the hand-off to a device thread), same frames
-        req = small_req
-        for mode, label in (("inline", "floor: echo + log commit"), ("thread", "floor: + device thread")):
+        req = small_req if "floor" in want else None
+        for mode, label in ([] if req is None else [("inline", "floor: echo + log commit"), ("thread", "floor: + device thread")]):
             port = free_port()
             fp = start([sys.executable, "-c", FLOOR, str(port), os.path.join(tmp, f"floor-{mode}.sqlite"), mode,
                         a.sync.upper()])
             procs.append(fp)
             fc = Echo(port, fp.pid)
             try:
-                r = interleaved(lambda: fc.round_trips(req), echo, req, fp.pid, a.n)
+                r = repeated(lambda: interleaved(lambda: fc.round_trips(req), echo, req, fp.pid, a.n), a.repeats)
                 rows.append({"case": label, "bytes": sum(map(len, req)), "frames": len(req), **r})
             finally:
                 fc.close()
                 fp.kill()
                 fp.wait(timeout=10)
-        fl = floor(a.sync, max(200, a.n))
+        fl = floor(a.sync, max(200, a.n)) if "floor" in want else None
     finally:
         echo.close()
         for p in procs:
@@ -285,22 +319,23 @@ def main() -> int:
                 p.kill()
                 p.wait(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)
-    for r in rows:
-        r["ratio"] = r["median_us"] / r["echo"]["median_us"]
     if a.json:
         print(json.dumps({"rows": rows, "floor": fl, "sync": a.sync}, indent=1))
         return 0
     print(f"{'case':26s} {'bytes':>6s} {'median µs':>9s} {'p90 µs':>7s} {'exp/s':>6s} {'echo µs':>7s} "
-          f"{'ratio':>6s} | {'CPU µs/req: server':>18s} {'client':>6s} {'echo srv':>8s} {'echo cl':>7s}")
+          f"{'ratio':>6s} {'spread':>11s} | {'CPU µs/req: server':>18s} {'client':>6s} {'echo srv':>8s} {'echo cl':>7s}")
     for r in rows:
         c = r["cpu_us"]
         print(f"{r['case']:26s} {r['bytes']:6d} {r['median_us']:9.0f} {r['p90_us']:7.0f} {r['per_s']:6.0f} "
-              f"{r['echo']['median_us']:7.0f} {r['ratio']:6.2f} | {c['server']:18.0f} {c['client']:6.0f} "
+              f"{r['echo']['median_us']:7.0f} {r['ratio']:6.2f} {min(r['ratios']):5.2f}–{max(r['ratios']):<5.2f} "
+              f"| {c['server']:18.0f} {c['client']:6.0f} "
               f"{c['echo_server']:8.0f} {c['echo_client']:7.0f}")
-    print(f"floor (in process, median): run-log commit ({a.sync}) {fl['sqlite_commit_us']:.0f} µs, "
-          f"seeded generator {fl['seeded_rng_us']:.0f} µs")
+    if fl is not None:
+        print(f"floor (in process, median): run-log commit ({a.sync}) {fl['sqlite_commit_us']:.0f} µs, "
+              f"seeded generator {fl['seeded_rng_us']:.0f} µs")
     print("ratio = bridge median / bare pyzmq echo median, same frames, interleaved "
-          "(target ≤ 2 for small messages); batch rows are per experiment, against 32 pipelined echoes")
+          f"(target ≤ 2 for a small run); spread: min–max over {a.repeats} repeat(s); batch rows are per "
+          "experiment, against 32 pipelined echoes; CPU µs/req: medians over the repeats")
     return 0
 
 

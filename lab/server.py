@@ -80,6 +80,10 @@ CREATE TABLE IF NOT EXISTS faults (
 RUN_COLUMNS = ("request_id", "digest", "client", "received_at", "started_at", "finished_at", "device",
                "model", "experiment", "settings", "counts", "counts_dtype", "counts_shape", "results",
                "calibration", "reply")
+#: size of the run log's id filter (a Bloom filter of 3 hashes over 8 Mi bits: 1 MiB; about 1 %
+#: of unseen ids cost a query at a million logged runs, 10 % at 3 million)
+ID_FILTER_BYTES = 1 << 20
+_ID_MASK = ID_FILTER_BYTES * 8 - 1
 _INSERT = f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})"
 
 
@@ -108,6 +112,14 @@ class RunLog:
         self._db.executescript(_SCHEMA)
         self.checkpoint_interval = float(checkpoint_interval)
         self.checkpoints = 0
+        # Ids in the log, as a Bloom filter (fixed memory, no false "absent"): a request id
+        # it has never seen is answered "not logged" without a query (issue 16: one SELECT
+        # per new request). Every id is added before its row is inserted; the log's
+        # existing ids are added here. (One server per log file: rows another process
+        # writes are not seen, as its commits would race the lookups anyway.)
+        self._ids = bytearray(ID_FILTER_BYTES)
+        for (rid,) in self._db.execute("SELECT request_id FROM runs"):
+            self._note_id(rid)
         self._written = threading.Event()
         self._closing = False
         self._checkpointer: threading.Thread | None = None
@@ -135,11 +147,28 @@ class RunLog:
             with self._lock:
                 self._db.execute("PRAGMA wal_autocheckpoint=1000")
 
+    def _note_id(self, request_id: Any) -> None:
+        h = hash(request_id)
+        bits = self._ids
+        for b in (h & _ID_MASK, (h >> 27) & _ID_MASK, (h >> 54 ^ h >> 13) & _ID_MASK):
+            bits[b >> 3] |= 1 << (b & 7)
+
+    def may_have(self, request_id: str) -> bool:
+        """False only if ``request_id`` is certainly not in the log (no query); True if it
+        may be (then :meth:`lookup` tells)."""
+        h = hash(request_id)
+        bits = self._ids
+        for b in (h & _ID_MASK, (h >> 27) & _ID_MASK, (h >> 54 ^ h >> 13) & _ID_MASK):
+            if not bits[b >> 3] & (1 << (b & 7)):
+                return False
+        return True
+
     def append(self, values: tuple | dict[str, Any]) -> None:
         """Insert one run (a tuple in :data:`RUN_COLUMNS` order, or a dict by column name)
         in its own transaction, committed when this returns."""
         if isinstance(values, dict):
             values = tuple(values[c] for c in RUN_COLUMNS)
+        self._note_id(values[0])     # (before the row exists: the filter never misses a logged id)
         with self._lock:     # autocommit: the single INSERT is its own transaction
             self._db.execute(_INSERT, values)
         if self._checkpointer is not None and not self._written.is_set():
@@ -154,6 +183,8 @@ class RunLog:
 
     def lookup(self, request_id: str) -> tuple[str, list[bytes]] | None:
         """(digest, reply frames) of a logged request, or None."""
+        if not self.may_have(request_id):
+            return None
         with self._lock:
             row = self._db.execute("SELECT digest, reply, counts, counts_dtype, counts_shape FROM runs "
                                    "WHERE request_id = ? ORDER BY seq LIMIT 1", (request_id,)).fetchone()
@@ -167,6 +198,8 @@ class RunLog:
         return digest, wire.encode(Message("result", request_id, body, {name: arr}))
 
     def has(self, request_id: str) -> bool:
+        if not self.may_have(request_id):
+            return False
         with self._lock:
             return self._db.execute("SELECT 1 FROM runs WHERE request_id = ? LIMIT 1",
                                     (request_id,)).fetchone() is not None
@@ -294,6 +327,11 @@ def _estimate(data: np.ndarray, labels: list[str], settings: tuple[str, ...], n:
                 "note": f"not estimated: {len(settings)} settings × 2^{n} outcomes per label exceed "
                         f"{ESTIMATOR_TABLE_BYTES} bytes; estimate from counts"}
     chunk = ESTIMATOR_TABLE_BYTES // per_label
+    if len(labels) <= chunk:          # one table (almost every run): no chunks to join
+        values, stderr = estimate_from_counts(data, tuple(labels), settings, n)
+        if exact:
+            stderr = np.zeros_like(values)
+        return {"labels": labels, "values": values.tolist(), "stderr": stderr.tolist()}
     parts = [estimate_from_counts(data, tuple(labels[i:i + chunk]), settings, n)
              for i in range(0, len(labels), chunk)]
     values = np.concatenate([v for v, _ in parts], axis=-1)
@@ -302,13 +340,18 @@ def _estimate(data: np.ndarray, labels: list[str], settings: tuple[str, ...], n:
 
 
 class _Job:
-    __slots__ = ("id", "digest", "body", "controls", "steps", "settings", "shots", "received", "client")
+    __slots__ = ("id", "digest", "body", "controls", "steps", "settings", "shots", "received", "client",
+                 "estimate")
 
     def __init__(self, **kw: Any) -> None:
         for k, v in kw.items():
             setattr(self, k, v)
 
 
+#: a job the device estimates at most this long (s) is waited for by the socket thread, at
+#: most QUICK_WAIT_S (s), right after it is queued on an idle worker (see _await_quick_job)
+QUICK_JOB_S = 0.0005
+QUICK_WAIT_S = 0.002
 #: the smallest and largest ``max_message_bytes`` a server accepts
 MIN_MESSAGE_BYTES = 64 << 10
 MAX_MESSAGE_LIMIT = 1 << 30
@@ -428,6 +471,13 @@ class LabServer:
         self._digests: dict[str, str] = {}          # digests of queued and running requests
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()   # C-level put/get: a cheaper hand-off
         self._outbox: deque = deque()                # finished jobs, worker → socket thread
+        # the quick-job hand-back (see _await_quick_job): a flag under a lock, and a lock
+        # held until the worker releases it
+        self._fast_lock = threading.Lock()
+        self._fast_waiting = False
+        self._fast_done = threading.Lock()
+        self._fast_done.acquire()
+        self.quick_replies = 0                       # replies sent by that path (tests, benchmarks)
         self._stop = threading.Event()
         self._rng = np.random.default_rng()
         self.executed = 0
@@ -638,7 +688,28 @@ class LabServer:
         self._waiters[msg.id] = [ident]
         self._submitted += 1
         self._queued_seq[msg.id] = self._submitted
+        idle = self._running is None and self._jobs.empty()
+        job.estimate = self._estimate(job)
         self._jobs.put(job)
+        if idle and job.estimate <= QUICK_JOB_S:
+            self._await_quick_job()
+
+    def _await_quick_job(self) -> None:
+        """After queuing a short job (estimated ≤ :data:`QUICK_JOB_S`) on an idle worker: wait
+        for it on a lock, at most :data:`QUICK_WAIT_S`, and send its reply at once, instead of
+        polling again and being woken through the inproc socket (issue 16: a hand-off less).
+        Messages (heartbeats too) wait at most QUICK_WAIT_S meanwhile; a job that takes
+        longer is delivered as any other (the worker wakes the poll)."""
+        with self._fast_lock:
+            self._fast_waiting = True
+        got = self._fast_done.acquire(timeout=QUICK_WAIT_S)
+        with self._fast_lock:
+            if not got and not self._fast_waiting:    # released just after the timeout
+                self._fast_done.acquire()
+            self._fast_waiting = False
+        while self._outbox:
+            self.quick_replies += 1
+            self._deliver(*self._outbox.popleft())
 
     def _deliver_finished(self) -> None:
         """Send the replies of finished jobs: the worker appends (id, ok, digest, frames) to
@@ -683,7 +754,8 @@ class LabServer:
     def _started(self, job: _Job) -> None:
         """Worker: ``job`` starts now (for pongs: its start and estimated duration)."""
         self._started_seq = self._queued_seq.pop(job.id, self._started_seq + 1)
-        self._running = (job.id, time.time(), time.monotonic(), self._estimate(job))
+        est = job.estimate if job.estimate is not None else self._estimate(job)
+        self._running = (job.id, time.time(), time.monotonic(), est)
 
     def _estimate(self, job: _Job) -> float:
         """The device's estimate of ``job``'s duration, seconds, from :meth:`PulseDevice.timing`
@@ -912,7 +984,8 @@ class LabServer:
         h = hashlib.sha256(_CANONICAL(b).encode())
         h.update(raw.tobytes())
         return _Job(id=msg.id, digest=h.hexdigest(), body=b, controls=u, steps=steps,
-                    settings=tuple(settings), shots=shots, received=time.time(), client=None)
+                    settings=tuple(settings), shots=shots, received=time.time(), client=None,
+                    estimate=None)
 
     # -- worker thread ------------------------------------------------------------------
     def _work(self) -> None:
@@ -934,7 +1007,12 @@ class LabServer:
                         job.id, error("internal", f"{type(exc).__name__}: {exc}"))))
                 self._running = None
                 self._outbox.append(done)
-                out.send(b"", copy=True)          # wake the socket thread
+                with self._fast_lock:             # the socket thread waits for it: release it
+                    fast, self._fast_waiting = self._fast_waiting, False
+                    if fast:
+                        self._fast_done.release()
+                if not fast:
+                    out.send(b"", copy=True)      # wake the socket thread (it polls)
         finally:
             out.close(linger=0)
 
