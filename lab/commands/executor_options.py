@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .args import int_in
+from .args import checked, int_in
 
 MAX_JOBS = 256
 
@@ -22,8 +22,13 @@ def add_executor_options(p: argparse.ArgumentParser, jobs: int = 2) -> None:
                    help=f"runs at a time on the local executor (default {jobs})")
     g.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local process pool (default) or a Ray cluster (qhil[cluster])")
-    g.add_argument("--address", default=None,
+    g.add_argument("--address", type=checked(_address, "address", "custom"), default=None,
                    help="ray: auto (the cluster this machine belongs to) or ray://host:10001")
+
+
+def _address(text: str) -> str:
+    from qhil.experiments.ray_executor import check_address
+    return check_address(text)
 
 
 def executor_from_args(args: argparse.Namespace) -> Any:
