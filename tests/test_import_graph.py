@@ -3,6 +3,7 @@ hidden by a function-level import is still a cycle)."""
 from __future__ import annotations
 
 import ast
+import json
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -125,3 +126,59 @@ def test_the_private_check_can_fail(tmp_path):
                    "import qhil.drivers._kernels\nfrom qhil.drivers import checks, __version__\n")
     assert private_driver_imports(bad) == ["x.py:1: qhil.drivers._validate", "x.py:2: qhil.drivers.model._x",
                                            "x.py:3: qhil.drivers._kernels"]
+
+
+# -- the lab server stack stands on the drivers alone ----------------------------------------
+
+SERVER_STACK = {"qhil.lab.server": ROOT / "lab" / "server.py", "qhil.lab.device": ROOT / "lab" / "device.py",
+                "qhil.lab.exec_device": ROOT / "lab" / "exec_device.py"}
+
+
+def qhil_imports(path: pathlib.Path, name: str) -> set[str]:
+    """Every qhil module the file imports, anywhere in it (relative imports resolved)."""
+    here = name.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.split(".")[0] == "qhil"}
+        elif isinstance(node, ast.ImportFrom):
+            base = here.rsplit(".", node.level - 1)[0] if node.level > 1 else here
+            module = (f"{base}.{node.module}" if node.module else base) if node.level else (node.module or "")
+            if module.split(".")[0] == "qhil":
+                out.add(module)
+    return out
+
+
+def foreign_imports(files: dict[str, pathlib.Path]) -> dict[str, list[str]]:
+    """Per file, the qhil modules it imports outside qhil.drivers and the given files."""
+    ok = set(files) | {"qhil.lab"}
+    out = {}
+    for name, path in files.items():
+        bad = sorted(m for m in qhil_imports(path, name)
+                     if m not in ok and m != "qhil.drivers" and not m.startswith("qhil.drivers."))
+        if bad:
+            out[name] = bad
+    return out
+
+
+def test_lab_server_and_devices_import_only_drivers():
+    assert not foreign_imports(SERVER_STACK), foreign_imports(SERVER_STACK)
+
+
+def test_lab_server_and_devices_load_only_drivers_at_run_time():
+    import subprocess
+    import sys
+    code = ("import json, sys, qhil.lab.server, qhil.lab.device, qhil.lab.exec_device\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('qhil.') and m != 'qhil.lab'"
+            " and not m.startswith('qhil.drivers'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == sorted(SERVER_STACK)
+
+
+def test_the_server_stack_check_can_fail(tmp_path):
+    (tmp_path / "server.py").write_text("from qhil.drivers import Model\nfrom .device import D\n"
+                                        "def f():\n    from ..envs import DickeBattery\n")
+    (tmp_path / "device.py").write_text("import qhil.agents.sac\nfrom .commands.args import x\n")
+    files = {"qhil.lab.server": tmp_path / "server.py", "qhil.lab.device": tmp_path / "device.py"}
+    assert foreign_imports(files) == {"qhil.lab.server": ["qhil.envs"],
+                                      "qhil.lab.device": ["qhil.agents.sac", "qhil.lab.commands.args"]}
