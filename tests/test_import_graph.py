@@ -20,6 +20,14 @@ def module_names(folder: pathlib.Path, package: str) -> dict[str, pathlib.Path]:
     return out
 
 
+def from_module(node: ast.ImportFrom, here: str) -> str:
+    """The absolute module of ``from … import``, where ``here`` is the importing file's package."""
+    if not node.level:
+        return node.module or ""
+    base = here.rsplit(".", node.level - 1)[0] if node.level > 1 else here
+    return f"{base}.{node.module}" if node.module else base
+
+
 def imports_of(path: pathlib.Path, name: str, known: set[str]) -> set[str]:
     """Modules of ``known`` that the file imports anywhere (module level or inside a function)."""
     is_package = path.name == "__init__.py"
@@ -29,11 +37,7 @@ def imports_of(path: pathlib.Path, name: str, known: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = here.rsplit(".", node.level - 1)[0] if node.level > 1 else here
-                module = f"{base}.{node.module}" if node.module else base
-            else:
-                module = node.module or ""
+            module = from_module(node, here)
             # `from pkg import sub` imports the submodule pkg.sub; `from pkg import name` the package
             targets = [f"{module}.{a.name}" if f"{module}.{a.name}" in known else module for a in node.names]
         else:
@@ -142,8 +146,7 @@ def qhil_imports(path: pathlib.Path, name: str) -> set[str]:
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name.split(".")[0] == "qhil"}
         elif isinstance(node, ast.ImportFrom):
-            base = here.rsplit(".", node.level - 1)[0] if node.level > 1 else here
-            module = (f"{base}.{node.module}" if node.module else base) if node.level else (node.module or "")
+            module = from_module(node, here)
             if module.split(".")[0] == "qhil":
                 out.add(module)
     return out
