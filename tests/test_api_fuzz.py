@@ -108,13 +108,13 @@ def _ensemble(**kw: Any) -> Any:
 
 
 def _study(**kw: Any) -> Any:
-    from qhil.agents.measurement_study import StudyConfig
+    from qhil.experiments.battery.measurement import StudyConfig
     return StudyConfig(**kw)
 
 
 def _runspec(**kw: Any) -> Any:
-    from qhil.agents.supply_sweep import RunSpec
-    return RunSpec(**({"sweep": "lr", "agent": "dqn", "seed": 0, "episodes": 1} | kw))
+    from qhil.experiments.supply_chain.specs import SweepRun
+    return SweepRun(**({"sweep": "lr", "agent": "dqn", "seed": 0, "episodes": 1} | kw))
 
 
 def _grape(**kw: Any) -> Any:

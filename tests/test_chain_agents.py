@@ -12,7 +12,8 @@ from qhil.agents.ddpg import DDPGConfig
 from qhil.agents.ensemble import Ensemble, EnsembleConfig, ensemble_weight
 from qhil.agents.ppo import PPO, PPOConfig, clipped_surrogate, gae
 from qhil.agents.runstore import RunStore
-from qhil.agents.supply_sweep import curve_stats, make_agent, moving_average
+from qhil.experiments.stats import moving_average
+from qhil.experiments.supply_chain.specs import curve_stats, make_agent
 from qhil.agents.training import GymEpisodes, evaluate, train
 from qhil.drivers import ValidationError
 from qhil.envs import SupplyChainEnv
@@ -212,43 +213,42 @@ def test_every_agent_beats_random_on_one_warehouse_two_spins(name):
 
 # -- the sweep command -----------------------------------------------------------------------
 
-def test_sweep_command_runs_resumes_and_reports(tmp_path, capsys):
-    from qhil.lab.cli import main
-    args = ["sweep", "noise", "--agents", "dqn", "--channels", "phase_flip", "--probs", "0.05", "--seeds", "1",
-            "--episodes", "1", "--work-dir", str(tmp_path / "w"), "--out", str(tmp_path / "o")]
-    assert main(args) == 0
-    store = RunStore(tmp_path / "w" / "noise" / "runs.sqlite")
+def test_sweep_runs_resumes_and_reports(tmp_path, capsys):
+    from qhil.experiments.supply_chain.specs import SweepRun, evaluate_checkpoint, make_env
+    from qhil.experiments.supply_chain.sweeps import run_sweep, sweep_specs, write_report
+    specs = sweep_specs("noise", ["dqn"], seeds=1, episodes=1, channels=["phase_flip"], probs=[0.05])
+    work = tmp_path / "w" / "noise"
+    assert [o.status for o in run_sweep(specs, work)] == ["done", "done"]
+    store = RunStore(work / "runs.sqlite")
     runs = store.runs()
     assert sorted(runs) == ["noise/dqn/lr=0.0005/N=3/w=1,1,0.5/phase_flip=0.05/seed0",
                             "noise/dqn/lr=0.0005/N=3/w=1,1,0.5/seed0"]
     assert all(r["status"] == "done" for r in runs.values())
     noisy = runs["noise/dqn/lr=0.0005/N=3/w=1,1,0.5/phase_flip=0.05/seed0"]["summary"]
-    clean = runs["noise/dqn/lr=0.0005/N=3/w=1,1,0.5/seed0"]["summary"]
     # the channel acts: the noisy run's env (make_env, which evaluate_checkpoint below replays to
     # 1e-9) loses fidelity against the clean one under the same free evolution
-    from qhil.agents.supply_sweep import RunSpec, make_env
     fid = {}
     for channel in (None, "phase_flip"):
-        env = make_env(RunSpec(sweep="noise", agent="dqn", seed=0, episodes=1, channel=channel, p=0.05))
+        env = make_env(SweepRun(sweep="noise", agent="dqn", seed=0, episodes=1, channel=channel, p=0.05))
         env.reset(seed=3)
         fid[channel] = np.mean([env.step(0)[4]["fidelity"] for _ in range(env.max_steps)])
     assert fid["phase_flip"] < fid[None] - 0.01, fid
-    out = capsys.readouterr().out
-    assert "phase_flip" in out and "Fig. 7: no numbers" in out
+    text = write_report("noise", specs, work, tmp_path / "o", episodes=1)
+    assert "phase_flip" in text and "Fig. 7: no numbers" in text and "(2/2 runs finished)" in text
     for ext in ("md", "csv", "png"):
         assert (tmp_path / "o" / f"noise.{ext}").stat().st_size > 0
+    assert (tmp_path / "o" / "noise.md").read_text() == text
     wall = {k: v["summary"]["wall_s"] for k, v in runs.items()}
-    assert main(args) == 0                                                 # finished runs are skipped
-    assert {k: v["summary"]["wall_s"] for k, v in RunStore(tmp_path / "w" / "noise" / "runs.sqlite").runs().items()} == wall
-    from qhil.agents.supply_sweep import RunSpec, evaluate_checkpoint
-    spec = RunSpec(sweep="noise", agent="dqn", seed=0, episodes=1, channel="phase_flip", p=0.05)
-    replay = evaluate_checkpoint(spec, tmp_path / "w" / "noise")           # the trained policy, again
+    assert [o.status for o in run_sweep(specs, work)] == ["skipped", "skipped"]     # finished runs are skipped
+    assert {k: v["summary"]["wall_s"] for k, v in RunStore(work / "runs.sqlite").runs().items()} == wall
+    spec = specs[1]
+    assert spec.channel == "phase_flip"
+    replay = evaluate_checkpoint(spec, work)                                       # the trained policy, again
     assert replay["return"] == pytest.approx(noisy["eval_return"], abs=1e-9)
-    assert evaluate_checkpoint(spec, tmp_path / "w" / "noise", weights=(0, 0, 0))["return"] == 0.0
-    longer = list(args)
-    longer[longer.index("--episodes") + 1] = "2"
-    assert main(longer) == 0                                               # continued, not restarted
-    store = RunStore(tmp_path / "w" / "noise" / "runs.sqlite")
+    assert evaluate_checkpoint(spec, work, weights=(0, 0, 0))["return"] == 0.0
+    longer = sweep_specs("noise", ["dqn"], seeds=1, episodes=2, channels=["phase_flip"], probs=[0.05])
+    assert [o.status for o in run_sweep(longer, work)] == ["done", "done"]          # continued, not restarted
+    store = RunStore(work / "runs.sqlite")
     assert all(store.episodes(k)["episode"] == [0, 1] for k in runs)
-    assert main(args[:args.index("--probs") + 1] + ["2.0"] + args[args.index("--probs") + 2:]) == 2
-    assert "probs" in capsys.readouterr().err
+    with pytest.raises(ValidationError, match="probs"):
+        sweep_specs("noise", ["dqn"], probs=[2.0])

@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from qhil.agents.measurement_study import (StudyConfig, finished_runs, pareto_front, parse_frequency,
-                                           parse_noise, run_study)
+from qhil.experiments.battery.measurement import (StudyConfig, finished_runs, parse_frequency, parse_noise,
+                                                  run_study, write_report)
+from qhil.experiments.stats import pareto_front
 from qhil.drivers import Experiment, MeasurementSchedule, ValidationError, create_backend
 from qhil.drivers.tomography import estimate_density
 from qhil.envs import ENV1, ChargingVectorEnv, DickeBattery
@@ -181,20 +182,22 @@ def test_tomography_reward_telescopes_to_the_estimated_terminal_ergotropy(batter
 
 # -- a tiny study: writes its table, resumes without redoing --------------------------------------
 def test_tiny_study_writes_csv_and_resumes(tmp_path, capsys):
-    from qhil.lab.cli import main
-    argv = ["study", "measurement", "--regimes", "energies", "--shots", "20,exact", "--frequencies", "final",
-            "--total-steps", "56", "--n-eval", "2", "--hidden", "16,16", "--work-dir", str(tmp_path / "w"),
-            "--out-dir", str(tmp_path / "o")]
-    assert main(argv) == 0
+    cfgs = [StudyConfig(regime="energies", shots=s, frequency="final", total_steps=56) for s in (20, None)]
+    outcomes = run_study(cfgs, tmp_path / "w", n_eval=2, sac={"hidden": (16, 16)})
+    assert [o.status for o in outcomes] == ["done", "done"]
+    assert len(write_report(tmp_path / "w", tmp_path / "o")) == 2
     text = (tmp_path / "o" / "measurement_study.csv").read_text().splitlines()
     assert len(text) == 3 and text[0].startswith("regime,shots,frequency")
     assert (tmp_path / "o" / "pareto.png").stat().st_size > 1000
+    assert "energies  20  final" in capsys.readouterr().out                      # the printed table
     runs = finished_runs(tmp_path / "w")
-    assert len(runs) == 2
+    assert sorted(runs) == sorted(c.name for c in cfgs)
     wall = {k: v["wall_s"] for k, v in runs.items()}
-    cfgs = [StudyConfig(regime="energies", shots=s, frequency="final", total_steps=56) for s in (20, None)]
-    assert run_study(cfgs, tmp_path / "w", sac={"hidden": (16, 16)}) == []          # nothing redone
+    again = run_study(cfgs, tmp_path / "w", n_eval=2, sac={"hidden": (16, 16)})
+    assert [o.status for o in again] == ["skipped", "skipped"]                     # nothing redone
     assert {k: v["wall_s"] for k, v in finished_runs(tmp_path / "w").items()} == wall
+    assert write_report(tmp_path / "empty", tmp_path / "o2") == []                  # nothing finished: no table
+    assert not (tmp_path / "o2").exists()
 
 
 # -- open vs closed loop ------------------------------------------------------------------------
@@ -238,7 +241,7 @@ def independent_terminal_ergotropy(omegas, protocol, dt=0.2, n_max=40):
 
 
 def test_open_and_closed_loop_agree_for_a_policy_that_replays_the_protocol():
-    from qhil.agents.open_closed import check_perturbation, compare
+    from qhil.experiments.battery.open_closed import check_perturbation, compare
     cfg = StudyConfig(regime="energies", shots=None, frequency="1")
     rows = compare(_ReplayAgent(GRAPE), cfg, GRAPE, [("none", 0), ("shots", 10), ("drift", 0.05)], n_rep=3)
     for r in rows:       # the same protocol on the same (drifted) batteries: paired difference 0

@@ -227,18 +227,19 @@ def test_reproduce_exits_1_without_a_nan_table_when_every_run_failed(tmp_path, c
 
 
 def test_sweep_exits_1_when_runs_fail(tmp_path, capsys, monkeypatch):
-    import qhil.agents.supply_sweep as ss
+    import qhil.experiments.supply_chain.specs as ss
 
     def boom(spec, work):
         raise RuntimeError("training diverged")
     monkeypatch.setattr(ss, "run_one", boom)
     rc, err = _cli(["sweep", "n", "--ns", "2", "--seeds", "1", "--agents", "dqn", "--work-dir", str(tmp_path / "w"),
                     "--out", str(tmp_path / "o")], capsys)
-    assert rc == 1 and "FAILED (RuntimeError: training diverged)" in err and "all 1 run(s) failed" in err
+    assert rc == 1 and "FAILED" in err and "RuntimeError: training diverged" in err and "all 1 run(s) failed" in err
+    assert not (tmp_path / "o" / "n.md").exists()
 
 
 def test_study_measurement_exits_1_when_a_configuration_fails(tmp_path, capsys, monkeypatch):
-    import qhil.agents.measurement_study as ms
+    import qhil.experiments.battery.measurement as ms
 
     def boom(*a, **k):
         raise RuntimeError("NaN reward")

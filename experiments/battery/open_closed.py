@@ -14,11 +14,14 @@ under one perturbation at a time:
                     repetition, the same draws for both controllers (paired); the
                     ergotropy is that of the drifted battery's own H_B.
 
-Reported: the exact terminal ergotropy ℰ(τ) (units ω_0) of each repetition, mean ± 95% CI.
+Reported: the exact terminal ergotropy ℰ(τ) (units ω_0) of each repetition, mean ± 95% CI
+(:func:`run_open_closed` writes ``open_closed.csv/.md/.png``).
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -26,7 +29,10 @@ import numpy as np
 from qhil.drivers import Experiment, MeasurementSchedule, ValidationError, create_backend
 from qhil.envs import DickeBattery
 
-from .measurement_study import StudyConfig, play_policy, t_half_width
+from ..reports import pyplot, write_csv, write_markdown
+from ..runner import LocalExecutor, failed_message, run_specs
+from ..stats import t_half_width
+from .measurement import CSV_FLOAT, MeasurementRun, StudyConfig, finished_runs, grape_protocol, load_policy, play_policy
 
 PERTURBATIONS = ("none", "shots", "depolarizing", "drift")
 #: The default grid: (kind, level).
@@ -101,7 +107,7 @@ def reoptimise(battery: DickeBattery, protocol: Sequence[float], dt: float = 0.2
     from ``protocol``: the ceiling of any controller, feedback or calibration included."""
     from scipy.optimize import minimize
 
-    from .grape import ChargingProblem
+    from qhil.agents.grape import ChargingProblem
     prob = ChargingProblem(battery, dt)
     lo, hi = prob.bounds
     mid, half = 0.5 * (hi + lo), 0.5 * (hi - lo)
@@ -143,3 +149,97 @@ def compare(agent: Any, cfg: StudyConfig, protocol: Sequence[float], levels: Seq
                        n_oracle=len(orc))
         rows.append(row)
     return rows
+
+
+def parse_levels(text: str | None) -> list[tuple[str, float]]:
+    """"none:0,shots:100,drift:0.05" → [(kind, level), …]; empty: :data:`DEFAULT_LEVELS`."""
+    if not text:
+        return list(DEFAULT_LEVELS)
+    out = []
+    for item in text.split(","):
+        kind, _, lvl = item.partition(":")
+        if kind not in PERTURBATIONS:
+            raise ValidationError("levels", f"unknown perturbation {kind!r}", ", ".join(PERTURBATIONS))
+        try:
+            out.append((kind, float(lvl or 0)))
+        except ValueError:
+            raise ValidationError("levels", f"{item!r}", "kind:level, e.g. drift:0.05") from None
+        check_perturbation(*out[-1])
+    return out
+
+
+class PolicyNotTrained(RuntimeError):
+    """The closed-loop policy's study configuration failed to train (its log says why)."""
+
+
+#: The table's columns.
+REPORT_COLUMNS = ["perturbation", "level", "open_mean", "open_ci95", "closed_mean", "closed_ci95",
+                  "closed_minus_open", "diff_ci95", "n_rep", "oracle_gain", "oracle_gain_ci95", "n_oracle"]
+
+
+def run_open_closed(cfg: StudyConfig, levels: Sequence[tuple[str, float]], work_dir: str | Path,
+                    out_dir: str | Path, n_rep: int = 32, n_oracle: int = 5,
+                    results: str | Path = "docs/results") -> list[dict[str, Any]]:
+    """Compare the GRAPE protocol of ``cfg.env`` with the policy of study configuration ``cfg``
+    (trained first through the runner if ``work_dir`` has not finished it) under ``levels``;
+    write ``open_closed.csv/.md/.png`` under ``out_dir``; return the rows."""
+    if isinstance(n_rep, bool) or not (isinstance(n_rep, int) and n_rep >= 2):
+        raise ValidationError("reps", f"{n_rep}", "≥ 2")
+    for kind, level in levels:
+        check_perturbation(kind, level, n_rep)
+    g = grape_protocol(cfg.env, results)              # before training: it is needed after
+    outcomes = run_specs([MeasurementRun(cfg)], work_dir, LocalExecutor(1))
+    msg = failed_message(outcomes, work_dir)
+    if msg:
+        raise PolicyNotTrained(f"the closed-loop policy did not train: {msg}")
+    summary = finished_runs(work_dir)[cfg.name]
+    agent = load_policy(cfg, work_dir)
+    rows = compare(agent, cfg, g["protocol"], levels, n_rep=n_rep, seed=0, dt=g["tau"] / g["n_steps"],
+                   n_oracle=n_oracle)
+    for r in rows:
+        r["policy"] = cfg.name
+        print(f"{r['perturbation']:12} {r['level']:>8g}: open {r['open_mean']:.4f} ± {r['open_ci95']:.4f}   closed "
+              f"{r['closed_mean']:.4f} ± {r['closed_ci95']:.4f}   closed − open {r['closed_minus_open']:+.4f} ± "
+              f"{r['diff_ci95']:.4f}", file=sys.stderr, flush=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "open_closed.csv", rows, CSV_FLOAT)
+    write_markdown(out / "open_closed.md", rows, REPORT_COLUMNS,
+                   "Open loop (GRAPE) against closed loop (SAC) under perturbations: exact terminal ergotropy",
+                   f"Open loop: the GRAPE protocol of docs/results/grape_{cfg.env}.json. Closed loop: the deterministic "
+                   f"SAC policy of study configuration `{cfg.name}` (trained {summary['steps']} steps; nominal "
+                   f"evaluation {summary['eval_mean']:.4f}). {n_rep} repetitions per row, mean ± 95% Student-t; the "
+                   "difference is paired (same drift draws). shots: the policy's observations per setting (the open "
+                   "loop measures nothing); depolarizing: Aer channel, probability per step and qubit; drift: ω_j → "
+                   "ω_j(1 + level·ξ_j), ξ_j ~ N(0,1) per repetition, ergotropy of the drifted battery. `oracle_gain`: "
+                   "GRAPE re-optimised on the drifted battery (its ω_j known) minus the nominal GRAPE protocol, paired, "
+                   "on the first `n_oracle` draws: the most that any feedback or recalibration could add.")
+    plot(rows, out / "open_closed.png")
+    return rows
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Open and closed loop against the level, one panel per perturbation (nominal dotted)."""
+    plt = pyplot()
+    kinds = list(dict.fromkeys(r["perturbation"] for r in rows if r["perturbation"] != "none"))
+    fig, axes = plt.subplots(1, max(1, len(kinds)), figsize=(4.2 * max(1, len(kinds)), 3.8), squeeze=False)
+    nominal = [r for r in rows if r["perturbation"] == "none"]
+    for ax, kind in zip(axes[0], kinds):
+        rs = [r for r in rows if r["perturbation"] == kind]
+        x = list(range(len(rs)))
+        ax.errorbar(x, [r["open_mean"] for r in rs], [r["open_ci95"] for r in rs], marker="s", capsize=3,
+                    label="open loop (GRAPE)")
+        ax.errorbar(x, [r["closed_mean"] for r in rs], [r["closed_ci95"] for r in rs], marker="o", capsize=3,
+                    label="closed loop (SAC)")
+        for r in nominal:
+            ax.axhline(r["open_mean"], color="C0", lw=0.6, ls=":")
+            ax.axhline(r["closed_mean"], color="C1", lw=0.6, ls=":")
+        ax.set_xticks(x, [f"{r['level']:g}" for r in rs])
+        ax.set_xlabel({"shots": "shots per setting", "depolarizing": "depolarizing p per step",
+                       "drift": "relative ω_j drift σ"}.get(kind, kind))
+        ax.set_ylabel("terminal ergotropy ℰ(τ) (ω_0)")
+        ax.set_title(kind)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

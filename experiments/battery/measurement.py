@@ -1,4 +1,4 @@
-"""Measurement-limited control: what a closed-loop SAC policy gains per unit of measurement.
+"""The measurement study (issue 7): what a closed-loop SAC policy gains per unit of measurement.
 
 For each configuration (observation regime, shots per setting, measurement frequency,
 channel noise, reward mode) train SAC on the (noisy) simulator, then evaluate its
@@ -12,14 +12,15 @@ deterministic policy under the same measurements. Reported per configuration:
   circuits, shots, played steps including prefix replays) and of the whole training run
   (episodes × that).
 
-Runs go to a :class:`~qhil.agents.runstore.RunStore` (``<work>/runs.sqlite``; one run per
-configuration, checkpoints ``<work>/<name>.pt``): a finished configuration is skipped, an
-unfinished one resumes from its checkpoint.
+A configuration is a :class:`StudyConfig`; its run spec (:class:`MeasurementRun`) goes through
+the one runner (:func:`qhil.experiments.run_specs`) into ``<work>/runs.sqlite``, checkpoints
+``<work>/<name>.pt``: a finished configuration is skipped, an unfinished one resumes from its
+checkpoint. :func:`write_report` writes ``measurement_study.csv/.md`` and ``pareto.png``.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,6 +31,10 @@ from qhil.drivers import MeasurementSchedule, REGIMES, ValidationError, create_b
 from qhil.drivers.backend import SEED_MAX
 from qhil.envs import DickeBattery, ENVIRONMENTS, ChargingVectorEnv
 from qhil.envs.measurement import REWARD_MODES, custom_observables, episode_cost
+
+from ..reports import print_rows, pyplot, write_csv, write_markdown
+from ..runner import LocalExecutor, RunOutcome, finished, run_specs
+from ..stats import pareto_front, t_half_width
 
 #: Named custom regimes: E_j plus every Z_iZ_j correlation (N = 4; one setting, like ``energies``).
 CUSTOM_REGIMES = {"zz": "custom:" + "+".join(f"Z{i}Z{j}" for i in range(4) for j in range(i + 1, 4))}
@@ -164,15 +169,6 @@ def study_grid(regimes: Sequence[str], shots: Sequence[int | None], frequencies:
             for seed in seeds for r in regimes for s in shots for f in frequencies]
 
 
-def t_half_width(x: Sequence[float], level: float = 0.95) -> float:
-    """Half-width of the Student-t confidence interval of the mean (NaN for < 2 values)."""
-    from scipy.stats import t
-    x = np.asarray(x, dtype=float)
-    if len(x) < 2:
-        return float("nan")
-    return float(t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-
-
 def play_policy(agent: Any, env: ChargingVectorEnv, seed: int | None = None) -> dict[str, np.ndarray]:
     """Play the policy's deterministic action on every battery of ``env`` for one episode.
     Returns the exact terminal ergotropy (B,) and energy (B,) and the protocols (B, K)."""
@@ -191,19 +187,27 @@ def play_policy(agent: Any, env: ChargingVectorEnv, seed: int | None = None) -> 
 def sac_config_for(cfg: StudyConfig, **overrides: Any) -> Any:
     """SAC settings of a study run: the defaults with a warm-up of min(5000, total/5) steps,
     schedules scaled to the run length (:meth:`SACConfig.scaled`)."""
-    from .sac_config import SACConfig
+    from qhil.agents.sac_config import SACConfig
     base = {"total_steps": cfg.total_steps, "seed": cfg.seed,
             "learning_starts": min(5_000, max(1, cfg.total_steps // 5))}
     return SACConfig.from_dict({**base, **{k: v for k, v in overrides.items() if v is not None}}).scaled()
+
+
+def reward_weight_for(cfg: StudyConfig) -> Any:
+    """The env's reward weight of a study run: the paper's Eq. (12) schedule (written for
+    SAC's reference run length) stretched to ``cfg.total_steps`` like SAC's own schedules."""
+    from qhil.agents.sac_config import SACConfig
+    from qhil.envs.charging import RewardWeight
+    return RewardWeight().scaled(cfg.total_steps / SACConfig().reference_steps)
 
 
 def run_config(cfg: StudyConfig, work_dir: str | Path, n_eval: int = 32, sac: dict[str, Any] | None = None,
                progress: bool = False) -> dict[str, Any]:
     """Train, evaluate and record one configuration (skipped if the store has it finished).
     Returns its summary (what :func:`load_results` reads back)."""
-    from .runstore import RunStore
-    from .sac import SAC
-    from .training import train_off_policy
+    from qhil.agents.runstore import RunStore
+    from qhil.agents.sac import SAC
+    from qhil.agents.training import train_off_policy
     work = Path(work_dir)
     store = RunStore(work / "runs.sqlite")
     try:
@@ -211,7 +215,7 @@ def run_config(cfg: StudyConfig, work_dir: str | Path, n_eval: int = 32, sac: di
         if done is not None and done["status"] == "done" and done["summary"]:
             return done["summary"]
         scfg = sac_config_for(cfg, **(sac or {}))
-        env = cfg.make_env(n_envs=1, w_mean=scfg.w_mean, w_width=scfg.w_width)
+        env = cfg.make_env(n_envs=1, reward_weight=reward_weight_for(cfg))
         env.seed(cfg.seed)
         agent = SAC(env.obs_dim, env.action_low, env.action_high, scfg)
         config = {"study": cfg.to_dict(), "sac": scfg.to_dict()}
@@ -233,88 +237,6 @@ def run_config(cfg: StudyConfig, work_dir: str | Path, n_eval: int = 32, sac: di
         return summary
     finally:
         store.close()
-
-
-def _worker(args: tuple[dict, str, int, dict | None]) -> str:
-    cfg, work, n_eval, sac = args
-    c = StudyConfig(**cfg)
-    run_config(c, work, n_eval=n_eval, sac=sac)
-    return c.name
-
-
-def run_study(configs: Sequence[StudyConfig], work_dir: str | Path, jobs: int = 1, n_eval: int = 32,
-              sac: dict[str, Any] | None = None, log: Any = print,
-              failures: list[tuple[str, str]] | None = None) -> list[str]:
-    """Run the unfinished configurations, ``jobs`` processes at a time. Returns the names
-    finished now. With ``failures`` (a list), a configuration that raises is logged and
-    appended there as (name, error) and the others still run; without it the error propagates."""
-    if isinstance(jobs, bool) or not (isinstance(jobs, int) and 1 <= jobs <= 64):
-        raise ValidationError("jobs", f"{jobs!r}", "an integer in [1, 64]")
-    if isinstance(n_eval, bool) or not (isinstance(n_eval, int) and 1 <= n_eval <= 100_000):
-        raise ValidationError("n_eval", f"{n_eval!r}", "an integer in [1, 100000]")
-    if configs:
-        sac_config_for(configs[0], **(sac or {}))      # the SAC options, checked before any run
-    finished = set(finished_runs(work_dir))
-    pending = [c for c in configs if c.name not in finished]
-    log(f"study: {len(configs) - len(pending)} of {len(configs)} configurations already finished; "
-        f"{len(pending)} to run, {jobs} at a time")
-    if not pending:
-        return []
-    args = [(c.to_dict(), str(work_dir), n_eval, sac) for c in pending]
-    out: list[str] = []
-
-    def failed(name: str, exc: BaseException) -> None:
-        if failures is None:
-            raise exc
-        failures.append((name, f"{type(exc).__name__}: {exc}"))
-        log(f"FAILED {name}: {type(exc).__name__}: {exc}")
-
-    if jobs == 1:
-        for c, a in zip(pending, args):
-            try:
-                out.append(_worker(a))
-            except Exception as exc:                   # noqa: BLE001 — recorded, the others run
-                failed(c.name, exc)
-                continue
-            log(f"finished {out[-1]}")
-        return out
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
-        futures = [(c.name, ex.submit(_worker, a)) for c, a in zip(pending, args)]
-        for name, fut in futures:
-            try:
-                out.append(fut.result())
-            except Exception as exc:                   # noqa: BLE001
-                failed(name, exc)
-                continue
-            log(f"finished {name}")
-    return out
-
-
-def finished_runs(work_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """{name: summary} of the finished configurations in ``<work_dir>/runs.sqlite``."""
-    db = Path(work_dir) / "runs.sqlite"
-    if not db.exists():
-        return {}
-    from .runstore import RunStore
-    store = RunStore(db)
-    try:
-        return {k: v["summary"] for k, v in store.runs().items() if v["status"] == "done" and v["summary"]}
-    finally:
-        store.close()
-
-
-def pareto_front(cost: Sequence[float], value: Sequence[float]) -> np.ndarray:
-    """Indices of the non-dominated points (lower cost and higher value are better), by cost."""
-    c, v = np.asarray(cost, float), np.asarray(value, float)
-    order = np.lexsort((-v, c))
-    front, best = [], -np.inf
-    for i in order:
-        if v[i] > best:
-            front.append(int(i))
-            best = v[i]
-    return np.array(front, dtype=int)
 
 
 def study_rows(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -343,14 +265,160 @@ def load_policy(cfg: StudyConfig, work_dir: str | Path, sac: dict[str, Any] | No
     """The SAC agent of a study configuration, from its checkpoint ``<work>/<name>.pt``."""
     import torch
 
-    from .sac import SAC
+    from qhil.agents.sac import SAC
     path = Path(work_dir) / (cfg.name.replace("/", "_") + ".pt")
     if not path.exists():
         raise ValidationError("policy", f"no checkpoint {path}", "a configuration trained with `qhil study measurement`")
-    from .sac_config import SACConfig
+    from qhil.agents.sac_config import SACConfig
     blob = torch.load(path, weights_only=False)
     scfg = SACConfig.from_dict({**blob["agent"]["config"], **(sac or {})})
     env = cfg.make_env(n_envs=1)
     agent = SAC(env.obs_dim, env.action_low, env.action_high, scfg)
     agent.load_state_dict(blob["agent"])
     return agent
+
+
+# -- the run spec and the runner ---------------------------------------------------------------
+@dataclass(frozen=True)
+class MeasurementRun:
+    """The run spec of one configuration: ``n_eval`` evaluation episodes, ``sac`` overrides of
+    the SAC settings as (key, value) pairs (e.g. ``(("hidden", (16, 16)),)``)."""
+
+    config: StudyConfig
+    n_eval: int = 32
+    sac: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.config, StudyConfig):
+            raise ValidationError("config", f"{type(self.config).__name__}", "a StudyConfig")
+        if isinstance(self.n_eval, bool) or not (isinstance(self.n_eval, int) and 1 <= self.n_eval <= 100_000):
+            raise ValidationError("n_eval", f"{self.n_eval!r}", "an integer in [1, 100000]")
+        sac_config_for(self.config, **dict(self.sac))          # the SAC options, checked before any run
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def execute(self, work_dir: Path) -> dict[str, Any]:
+        return run_config(self.config, work_dir, n_eval=self.n_eval, sac=dict(self.sac) or None)
+
+
+def measurement_runs(configs: Sequence[StudyConfig], n_eval: int = 32,
+                     sac: dict[str, Any] | None = None) -> list[MeasurementRun]:
+    """The run specs of ``configs`` (validated, SAC options included, before any run)."""
+    items = tuple(sorted((sac or {}).items()))
+    return [MeasurementRun(c, n_eval, items) for c in configs]
+
+
+def run_study(configs: Sequence[StudyConfig], work_dir: str | Path, executor: Any = None, n_eval: int = 32,
+              sac: dict[str, Any] | None = None, log: Any = None) -> list[RunOutcome]:
+    """Run the unfinished configurations on ``executor`` (default: one after the other, here).
+    One outcome per configuration; a failed one is reported there and the others still run."""
+    return run_specs(measurement_runs(configs, n_eval, sac), work_dir, executor or LocalExecutor(1), log=log)
+
+
+def finished_runs(work_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """{name: summary} of the finished configurations in ``<work_dir>/runs.sqlite`` (the run
+    store is the one record; the study has always kept its summaries there)."""
+    return {k: v for k, v in finished(work_dir).items() if v}
+
+
+# -- the report ---------------------------------------------------------------------------------
+#: GRAPE's open-loop terminal ergotropy on Env1 (ω_0; docs/results/grape_env1.json), the
+#: reference line of the report.
+GRAPE_ENV1 = 4.2716
+#: The table's columns (the CSV has every field of :func:`study_rows`).
+REPORT_COLUMNS = ["regime", "shots", "frequency", "noise", "reward", "train_steps", "eval_mean", "eval_ci95",
+                  "best_explored", "settings", "measured_steps", "shots_per_episode", "played_steps_per_episode",
+                  "train_total_shots"]
+#: Float format of the committed CSVs of the studies.
+CSV_FLOAT = ".6g"
+
+
+def scale_note(rows: list[dict]) -> str:
+    """The Markdown note under the table's title: scale, statistics and cost conventions."""
+    steps = sorted({r["train_steps"] for r in rows})
+    seeds = sorted({r["seed"] for r in rows})
+    return (f"Scale: {len(rows)} configurations, SAC trained {', '.join(map(str, steps))} environment steps each "
+            f"(the paper uses 100k), seed(s) {', '.join(map(str, seeds))}; `eval_mean` ± `eval_ci95`: the "
+            f"deterministic policy's exact terminal ergotropy over `n_eval` episodes with fresh shot noise in its "
+            f"observations (95% Student-t); `best_explored`: best exact terminal ergotropy of any training episode. "
+            f"Costs are per episode on hardware: `shots_per_episode` = measured steps × settings × shots (+ 81 × "
+            f"tomography shots for the tomography reward), `played_steps_per_episode` = control steps played "
+            f"including prefix replays (Σ_k k · settings · shots). Exact configurations (shots 'exact') count 0 shots: "
+            f"they are the infinite-shot limit. GRAPE (open loop, no measurement): {GRAPE_ENV1} on Env1.")
+
+
+def write_report(work_dir: str | Path, out_dir: str | Path, echo: bool = True) -> list[dict[str, Any]]:
+    """``measurement_study.csv/.md`` and ``pareto.png`` under ``out_dir`` from EVERY finished
+    configuration in ``work_dir`` (printed too with ``echo``). Returns the rows; none (nothing
+    written) if no configuration has finished."""
+    rows = study_rows(list(finished_runs(work_dir).values()))
+    if not rows:
+        return rows
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "measurement_study.csv", rows, CSV_FLOAT)
+    write_markdown(out / "measurement_study.md", rows, REPORT_COLUMNS,
+                   "Measurement-limited SAC: terminal ergotropy (exact, simulator) against measurement cost per "
+                   "episode", scale_note(rows))
+    write_pareto(rows, out / "pareto.png")
+    if echo:
+        print_rows(rows, REPORT_COLUMNS)
+    return rows
+
+
+def write_pareto(rows: list[dict], path: Path) -> None:
+    """Ergotropy against shots and against played steps per episode, Pareto front of the shot runs."""
+    plt = pyplot()
+    from matplotlib.lines import Line2D
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8))
+    markers = {"1": "o", "2": "s", "final": "^"}
+    regimes = sorted({r["regime"] for r in rows})
+    colors = {g: plt.cm.tab10(i) for i, g in enumerate(regimes)}
+    for ax, key, label in ((axes[0], "shots_per_episode", "shots per episode"),
+                           (axes[1], "played_steps_per_episode", "control steps played per episode (prefix replays)")):
+        finite = [r for r in rows if r["shots"] != "exact"]
+        for r in finite:
+            ax.errorbar(r[key], r["eval_mean"], yerr=r["eval_ci95"] if r["eval_ci95"] == r["eval_ci95"] else 0,
+                        marker=markers.get(str(r["frequency"]), "D"), color=colors[r["regime"]], ms=6, ls="none",
+                        mfc="none" if r["reward"] != "exact" or r["noise"] != "none" else None, alpha=0.85)
+        if finite:
+            front = pareto_front([r[key] for r in finite], [r["eval_mean"] for r in finite])
+            ax.plot([finite[i][key] for i in front], [finite[i]["eval_mean"] for i in front], "k-", lw=1,
+                    marker="o", ms=13, mfc="none", label="Pareto front (shot runs)")
+        for r in rows:
+            if r["shots"] == "exact":
+                ax.axhline(r["eval_mean"], color=colors[r["regime"]], lw=0.8,
+                           ls={"1": "--", "2": "-.", "final": ":"}.get(str(r["frequency"]), "--"), alpha=0.7)
+        ax.axhline(GRAPE_ENV1, color="k", lw=1.2, ls=":", label=f"GRAPE open loop {GRAPE_ENV1} (no measurement)")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("terminal ergotropy ℰ(τ) (ω_0), exact")
+    handles = [Line2D([], [], color=colors[g], marker="o", ls="none", label=g) for g in regimes]
+    handles += [Line2D([], [], color="gray", marker=m, ls="none", label=f"measure every {f}" if f != "final"
+                       else "final only") for f, m in markers.items()]
+    handles += [Line2D([], [], color="gray", ls="--", label="exact expectation values (∞ shots)"),
+                Line2D([], [], color="k", ls="-", marker="o", ms=9, mfc="none", label="Pareto front (shot runs)"),
+                Line2D([], [], color="k", ls=":", label=f"GRAPE {GRAPE_ENV1}"),
+                Line2D([], [], color="gray", marker="o", mfc="none", ls="none", label="tomography reward / noise")]
+    fig.legend(handles=handles, fontsize=7, loc="center right")
+    steps = sorted({r["train_steps"] for r in rows})
+    fig.suptitle(f"Measurement-limited SAC on {len(rows)} configurations ({'/'.join(map(str, steps))} training steps, "
+                 "one seed): deterministic policy, mean ± 95% CI", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.82, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def grape_protocol(env: str, results: str | Path = "docs/results") -> dict[str, Any]:
+    """The GRAPE protocol of ``env`` (``<results>/grape_<env>.json``, from ``qhil grape``):
+    a dict with ``protocol`` (λ_k, units ω_0), ``tau`` and ``n_steps``."""
+    path = Path(results) / f"grape_{env}.json"
+    try:
+        g = json.loads(path.read_text())
+        _ = g["protocol"], g["tau"], g["n_steps"]
+        return g
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValidationError("env", f"no usable GRAPE protocol {path} ({exc})",
+                              f"run `qhil grape --env {env} --out {path}` first") from None

@@ -1,12 +1,14 @@
-"""One training run of a seed-004 agent on the supply chain, as the sweeps use it.
+"""One training run of a seed-004 agent on the supply chain: the run spec of the sweeps.
 
 * :data:`AGENTS` — the learned agents, in the order of the paper's Table II: the proposed
   ensemble (Eq. 46), PPO, Double DQN, DDPG (continuous variant), Bootstrapped DQN.
-* :class:`RunSpec` — one run: agent, learning rate, N, weights (α1, α2, α3), a noise channel
-  on the Aer driver, seed, episodes; :meth:`RunSpec.name` is its key in the run store.
+* :class:`SweepRun` — one run (a frozen run spec for :func:`qhil.experiments.run_specs`):
+  agent, learning rate, N, weights (α1, α2, α3), a noise channel on the Aer driver, seed,
+  episodes; :attr:`SweepRun.name` is its key in the run store, :meth:`SweepRun.execute` is
+  :func:`run_one`.
 * :func:`make_env`, :func:`make_agent` — the environment and agent of a spec.
 * :func:`run_one` — train with :func:`qhil.agents.training.train` (run store, checkpoints,
-  resumable), evaluate the deterministic policy on unseen seeds, mark the run done.
+  resumable), evaluate the deterministic policy on unseen seeds, mark the run done (last).
 * :func:`curve_stats` — the paper's statistics of a learning curve: 10-episode moving average
   (edge-padded), its mean, its maximum, the average of the final 10 episodes.
 * :func:`reference_returns` — random, GRAPE and MPC on the same environment (flat lines).
@@ -22,8 +24,10 @@ from typing import Any
 import numpy as np
 
 from qhil.drivers import ValidationError
-from qhil.drivers import _validate as check
+from qhil.drivers import checks as check
 from qhil.drivers.backend import check_seed
+
+from ..stats import moving_average
 
 #: The learned agents, in Table II's order ("Proposed" = the DQN+PPO ensemble of Eq. 46).
 AGENTS = ("ensemble", "ppo", "dqn", "ddpg", "bdqn")
@@ -33,7 +37,7 @@ CHANNELS = ("bit_flip", "depolarizing", "phase_flip")
 
 
 @dataclass(frozen=True)
-class RunSpec:
+class SweepRun:
     """One training run. ``channel``/``p``: a noise channel on every qubit after every step,
     through the Aer driver (None: the exact statevector driver)."""
 
@@ -63,6 +67,7 @@ class RunSpec:
         check.finite_float("p", self.p, 0.0, 1.0)
         check.integer("n_warehouses", self.n_warehouses, 1, 1000)
 
+    @property
     def name(self) -> str:
         parts = [self.sweep, self.agent, f"lr={self.lr:g}", f"N={self.n_spins}",
                  "w=" + ",".join(f"{w:g}" for w in self.weights)]
@@ -75,14 +80,18 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def execute(self, work_dir: Path) -> dict[str, Any]:
+        """Train, evaluate and record this run in ``<work_dir>/runs.sqlite`` (:func:`run_one`)."""
+        return run_one(self, work_dir)
 
-def make_env(spec: RunSpec, continuous: bool | None = None) -> Any:
+
+def make_env(spec: SweepRun, continuous: bool | None = None) -> Any:
     """The supply-chain env of a spec (continuous for DDPG), on Aer when a channel is set."""
     from qhil.drivers import create_backend
     from qhil.envs import SupplyChainEnv
     backend = None
     if spec.channel is not None:
-        from qhil.drivers import noise as qn
+        from qhil.drivers import channels as qn
         backend = create_backend("aer", noise=[getattr(qn, spec.channel)(p=spec.p)], seed=spec.seed)
     cont = spec.agent == "ddpg" if continuous is None else continuous
     return SupplyChainEnv(n_spins=spec.n_spins, weights=spec.weights, continuous=cont,
@@ -91,11 +100,11 @@ def make_env(spec: RunSpec, continuous: bool | None = None) -> Any:
 
 def make_agent(name: str, env: Any, lr: float = 5e-4, seed: int = 0, total_steps: int = 50_000) -> Any:
     """A fresh agent for ``env`` with learning rate ``lr`` (every other setting at its default)."""
-    from .bdqn import BootstrappedDQN, BootstrappedDQNConfig
-    from .ddpg import DDPG, DDPGConfig
-    from .dqn import DQN, DQNConfig
-    from .ensemble import Ensemble, EnsembleConfig
-    from .ppo import PPO, PPOConfig
+    from qhil.agents.bdqn import BootstrappedDQN, BootstrappedDQNConfig
+    from qhil.agents.ddpg import DDPG, DDPGConfig
+    from qhil.agents.dqn import DQN, DQNConfig
+    from qhil.agents.ensemble import Ensemble, EnsembleConfig
+    from qhil.agents.ppo import PPO, PPOConfig
     D = int(np.prod(env.observation_space.shape))
     w = env.weights
     if name == "ddpg":
@@ -117,16 +126,16 @@ def make_agent(name: str, env: Any, lr: float = 5e-4, seed: int = 0, total_steps
     raise ValidationError("agent", f"unknown agent {name!r}", ", ".join(AGENTS))
 
 
-def run_one(spec: RunSpec, work_dir: str | Path, eval_episodes: int = 5, progress: bool = False,
+def run_one(spec: SweepRun, work_dir: str | Path, eval_episodes: int = 5, progress: bool = False,
             checkpoint_every: int = 20) -> dict[str, Any]:
     """Train (resuming from the checkpoint if any), evaluate, mark done; return the summary.
     A run marked done in ``<work_dir>/runs.sqlite`` with at least ``spec.episodes`` episodes is
     not trained again; asked for more episodes, it continues from its checkpoint."""
-    from .runstore import RunStore
-    from .training import GymEpisodes, evaluate, train
+    from qhil.agents.runstore import RunStore
+    from qhil.agents.training import GymEpisodes, evaluate, train
     work = Path(work_dir)
     store = RunStore(work / "runs.sqlite")
-    run = spec.name()
+    run = spec.name
     if store.status(run) == "done":
         summary = store.runs()[run]["summary"]
         if summary["episodes"] >= spec.episodes:
@@ -148,16 +157,6 @@ def run_one(spec: RunSpec, work_dir: str | Path, eval_episodes: int = 5, progres
     return summary
 
 
-def moving_average(x: np.ndarray, k: int = 10) -> np.ndarray:
-    """k-episode moving average, edge-padded: same length as x (the paper's Table IV)."""
-    x = np.asarray(x, float)
-    if len(x) == 0:
-        return x
-    k = min(k, len(x))
-    pad = np.concatenate([np.full(k // 2, x[0]), x, np.full(k - 1 - k // 2, x[-1])])
-    return np.convolve(pad, np.ones(k) / k, mode="valid")
-
-
 def curve_stats(returns: np.ndarray, k: int = 10) -> dict[str, float]:
     """Mean of the MA, mean of the final k episodes, max of the MA, best single episode."""
     r = np.asarray(returns, float)
@@ -166,10 +165,10 @@ def curve_stats(returns: np.ndarray, k: int = 10) -> dict[str, float]:
             "best_episode": float(r.max())}
 
 
-def reference_returns(spec: RunSpec, episodes: int = 3, grape: bool = True) -> dict[str, float]:
+def reference_returns(spec: SweepRun, episodes: int = 3, grape: bool = True) -> dict[str, float]:
     """Mean return of random, MPC (horizon 3) and GRAPE (mean-F objective, open loop) on the
     spec's environment (discrete variant), over ``episodes`` seeds."""
-    from .chain_control import GrapePolicy, MPCPolicy, RandomPolicy, rollout
+    from qhil.agents.chain_control import GrapePolicy, MPCPolicy, RandomPolicy, rollout
     env = make_env(spec, continuous=False)
     seeds = range(900_000, 900_000 + episodes)
     out = {"random": float(np.mean([rollout(env, RandomPolicy(env, s), seed=s).ret for s in seeds])),
@@ -181,17 +180,17 @@ def reference_returns(spec: RunSpec, episodes: int = 3, grape: bool = True) -> d
     return out
 
 
-def evaluate_checkpoint(spec: RunSpec, work_dir: str | Path, weights: tuple[float, float, float] | None = None,
+def evaluate_checkpoint(spec: SweepRun, work_dir: str | Path, weights: tuple[float, float, float] | None = None,
                         episodes: int = 5) -> dict[str, float]:
     """The trained policy of a finished run (its last checkpoint), deterministic, on the spec's
     environment — with the reward weights replaced by ``weights`` if given (to compare runs
     trained under different weights on one scale). Returns the mean return and figures."""
     import torch
 
-    from .training import evaluate
-    path = Path(work_dir) / "ckpt" / (spec.name().replace("/", "_") + ".pt")
+    from qhil.agents.training import evaluate
+    path = Path(work_dir) / "ckpt" / (spec.name.replace("/", "_") + ".pt")
     if not path.exists():
-        raise ValidationError("run", f"no checkpoint for {spec.name()} under {work_dir}")
+        raise ValidationError("run", f"no checkpoint for {spec.name} under {work_dir}")
     env = make_env(spec)
     agent = make_agent(spec.agent, env, spec.lr, spec.seed, spec.episodes * env.max_steps)
     agent.load_state_dict(torch.load(path, weights_only=False)["agent"])
