@@ -4,7 +4,7 @@ Conventions: fields u are (K, N) arrays in units of J (ħ = 1), piecewise consta
 of length ``dt`` (time in 1/J); states are full-space vectors of length 2^N in the qhil basis
 (qubit 0 = most significant bit). The fidelity is F = |⟨target|ψ⟩|².
 
-* :func:`grape` — gradient ascent on the field schedule (L-BFGS-B within the field bounds),
+* :func:`grape_xy_chain` — gradient ascent on the field schedule (L-BFGS-B within the field bounds),
   with the exact gradient of the exact step propagators exp(−i H(u_k) dt) (eigendecomposition
   and the Daleckii–Krein formula, no small-dt approximation). Objective ``"final"`` is F(K·dt);
   ``"mean"`` is the mean of F over steps 1..K, the fidelity term that the environment rewards.
@@ -134,7 +134,7 @@ class GrapeResult:
     history: list[float] = field(default_factory=list)
 
 
-def grape(model: Model, n_steps: int, dt: float, *, psi0: np.ndarray | None = None,
+def grape_xy_chain(model: Model, n_steps: int, dt: float, *, psi0: np.ndarray | None = None,
           target: np.ndarray | None = None, objective: str = "final",
           bounds: tuple[float, float] | None = None, init: np.ndarray | None = None,
           seed: int | None = 0, maxiter: int = 200, restarts: int = 1) -> GrapeResult:
@@ -201,7 +201,7 @@ class GrapePolicy:
         B = self.env.field_strength
         bounds = (-B, B) if self.env.continuous else (0.0, B)
         K = n_steps or self.env.max_steps
-        self.result = grape(self.env.model, K, self.env.dt, target=self.env.target, objective=objective,
+        self.result = grape_xy_chain(self.env.model, K, self.env.dt, target=self.env.target, objective=objective,
                             bounds=bounds, seed=seed, maxiter=maxiter, restarts=restarts)
         self.actions: np.ndarray | None = None
         self.rounded_objective: float | None = None
@@ -377,7 +377,7 @@ class MPCPolicy:
             init = np.vstack([self._plan[1:], self._plan[-1:]])[:H]
             if len(init) < H:
                 init = np.vstack([init, np.zeros((H - len(init), init.shape[1]))])
-        res = grape(self.env.model, H, self.env.dt, psi0=psi, target=self.target,
+        res = grape_xy_chain(self.env.model, H, self.env.dt, psi0=psi, target=self.target,
                     objective="mean" if self.objective == "sum" else "final",
                     bounds=(-B, B), init=init, seed=self._k, maxiter=self.maxiter)
         self._plan = res.fields

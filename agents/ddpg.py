@@ -107,7 +107,8 @@ class DDPG(SeededAgent):
         with torch.no_grad():
             y = torch.as_tensor(batch["rewards"]) + self.cfg.gamma * (1.0 - torch.as_tensor(batch["dones"])) \
                 * self.q_targ(nxt, self.mu(nxt, target=True))
-        q_loss = F.mse_loss(self.q(obs, act), y)
+        q = self.q(obs, act)
+        q_loss = F.mse_loss(q, y)
         self.q_opt.zero_grad(set_to_none=True)
         q_loss.backward()
         self.q_opt.step()
@@ -120,7 +121,7 @@ class DDPG(SeededAgent):
                 for p, pt in zip(net.parameters(), targ.parameters()):
                     pt.mul_(1.0 - self.cfg.tau).add_(p, alpha=self.cfg.tau)
         self.n_updates += 1
-        return {"loss": q_loss.item(), "actor_loss": actor_loss.item()}
+        return {"loss": q_loss.item(), "actor_loss": actor_loss.item(), "q": q.detach().mean().item()}
 
     # -- checkpoints -----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """GRAPE yardstick: open-loop optimisation of the K-step piecewise-constant charging protocol.
 
 Maximise the terminal ergotropy ℰ(τ)[λ_0 … λ_{K−1}] over λ_k ∈ [λ_min, λ_max] with exact
-gradients and multi-start L-BFGS (the bounds through λ = mid + half·sin x, see :func:`grape`).
+gradients and multi-start L-BFGS (the bounds through λ = mid + half·sin x, see :func:`grape_dicke_battery`).
 This is the best any policy can do on the same K-step protocol class, so it is the ceiling
 for every RL agent.
 
@@ -116,7 +116,7 @@ def initial_guesses(n_steps: int, n_starts: int, rng: np.random.Generator) -> li
     return [rng.uniform(-np.pi / 4, np.pi / 4, n_steps) for _ in range(n_starts)]
 
 
-def grape(battery: DickeBattery, n_steps: int = 28, dt: float = 0.2, n_starts: int = 8,
+def grape_dicke_battery(battery: DickeBattery, n_steps: int = 28, dt: float = 0.2, n_starts: int = 8,
           seed: int = 0, maxiter: int = 500, bounds: tuple[float, float] | None = None,
           verbose: bool = False) -> GrapeResult:
     """Multi-start L-BFGS within the λ bounds; the best protocol is re-checked on the exact

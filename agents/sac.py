@@ -11,16 +11,18 @@ Read top to bottom: the hyperparameters, the two networks, then one update (Eqs.
 * Temperature (Eq. 18): L(α) = E[α (−log π(a|s) − H̄)], with the target entropy H̄ (nats, on
   the normalised action) decaying from ``entropy_start`` to ``entropy_end``.
 * Reward (Eq. 11): the replay buffer keeps ΔE and Δℰ separately; a sampled batch gets
-  r = w(n) ΔE + (1 − w(n)) Δℰ with w(n) of Eq. (12) at the *current* step n, so transitions
-  stored early (w ≈ 1, energy) are re-weighted towards ergotropy as training proceeds.
+  r = w(n) ΔE + (1 − w(n)) Δℰ with the env's w(n) (Eq. 12, or a fixed w) at the *current*
+  step n, so transitions stored early (w ≈ 1, energy) are re-weighted towards ergotropy as
+  training proceeds. The weight is the env's (:class:`~qhil.envs.charging.RewardWeight`).
 
 Defaults (:class:`~qhil.agents.sac_config.SACConfig`, a torch-free module so the command
 line starts fast) follow the public Dicke-battery SAC work (Erdman et al., PRL
 2024, ``PaoloAE/paper_rl_battery``) as listed in issue 4: hidden (512, 256), batch 256,
 Adam lr 1e-3, γ = 0.993, ρ = 0.995, replay 180k, 5,000 random warm-up steps, one update
-per environment step, H̄ from 0.72 to −3, w_mean = 40k and w_width = 20k steps. The step
-schedules (w_mean, w_width, the entropy decay) are written for ``reference_steps`` and
-scaled by ``total_steps / reference_steps`` (:meth:`SACConfig.scaled`). ``updates_per_step``
+per environment step, H̄ from 0.72 to −3 (the env's reward weight: w_mean = 40k and
+w_width = 20k steps). The step schedules (the entropy decay here, the env's weight there) are
+written for ``reference_steps`` and scaled by ``total_steps / reference_steps``
+(:meth:`SACConfig.scaled`, ``RewardWeight.scaled(cfg.schedule_scale)``). ``updates_per_step``
 may be below 1 (ours): with B batteries stepped together, 1/B gives one update per round,
 i.e. B times the explored episodes for the same number of updates.
 """
@@ -46,7 +48,8 @@ class SAC:
 
     obs_dim:         observation length
     action_low/high: λ bounds (env units); the networks work on the normalised action.
-    n_reward_terms:  2 for the battery ([ΔE, Δℰ]); ``reward_weights`` combines them.
+    n_reward_terms:  2 for the battery ([ΔE, Δℰ]); the env's ``reward_weights(step)`` combine
+                     them (the agent knows nothing of the weight of Eq. 11).
     """
 
     def __init__(self, obs_dim: int, action_low: float, action_high: float, config: SACConfig,
@@ -101,11 +104,6 @@ class SAC:
     def alpha(self) -> float:
         return float(self.log_alpha.detach().exp())
 
-    def reward_weights(self, step: int) -> np.ndarray:
-        """Weights of the stored reward terms [ΔE, Δℰ] at training step n (Eq. 11)."""
-        w = self.cfg.reward_weight(step)
-        return np.array([w, 1.0 - w], np.float32)
-
     # -- learning --------------------------------------------------------------------
     def critic_target(self, rewards: torch.Tensor, next_obs: torch.Tensor, dones: torch.Tensor) -> torch.Tensor:
         """Eq. (16): y = r + γ (1 − done) [min_j Q^targ_j(s', a') − α log π(a'|s')]."""
@@ -131,7 +129,8 @@ class SAC:
         y = self.critic_target(torch.as_tensor(batch["rewards"]), torch.as_tensor(batch["next_obs"]),
                                torch.as_tensor(batch["dones"]))
         # critics, Eq. (15)
-        q_loss = F.mse_loss(self.q1(obs, act), y) + F.mse_loss(self.q2(obs, act), y)
+        q1, q2 = self.q1(obs, act), self.q2(obs, act)
+        q_loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
         self.q_opt.zero_grad(set_to_none=True)
         q_loss.backward()
         self.q_opt.step()
@@ -161,7 +160,8 @@ class SAC:
                 torch._foreach_lerp_(list(targ.parameters()), list(net.parameters()), 1.0 - rho)
         self.n_updates += 1
         return {"q_loss": q_loss.item(), "actor_loss": actor_loss.item(), "alpha": float(alpha),
-                "entropy": -logp.detach().mean().item(), "target_entropy": h_target}
+                "alpha_loss": alpha_loss.item(), "entropy": -logp.detach().mean().item(),
+                "target_entropy": h_target, "q": 0.5 * (q1.detach().mean() + q2.detach().mean()).item()}
 
     # -- checkpoints -----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

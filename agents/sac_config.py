@@ -15,14 +15,15 @@ from typing import Any
 from qhil.drivers import ValidationError
 from qhil.drivers import checks as check
 from qhil.drivers.backend import check_seed
-from qhil.envs.charging import scheduled_weight
+from qhil.envs.charging import RewardWeight
 
 from ._checks import check_network_and_replay
 
-#: Largest |w_mean|, w_width and entropy_decay (steps): a fixed weight
-#: (:func:`qhil.lab.commands.train.fixed_weight_schedule`) uses ±1e21 and 1e18, times the
-#: schedule scale total_steps/reference_steps of :meth:`SACConfig.scaled` (≤ 10^6 here).
+#: Largest entropy_decay (steps).
 W_MEAN_MAX = 1e27
+#: Options of SAC configs written before the env owned the reward weight (Eq. 12's schedule):
+#: :meth:`SACConfig.from_dict` reads them out into ``reward_options`` (the env's schedule).
+LEGACY_REWARD_KEYS = ("w_mean", "w_width")
 
 
 @dataclass
@@ -30,9 +31,13 @@ class SACConfig:
     """SAC hyperparameters. Steps are environment steps (one per agent action).
 
     Every field is checked at construction (a :class:`~qhil.drivers.ValidationError` names it):
-    ``gamma`` and ``polyak`` in [0, 1], ``lr`` in (0, 1], ``alpha_init`` > 0, ``w_width`` and
-    ``entropy_decay`` > 0 and finite, ``w_mean`` finite, entropies finite, ``total_steps`` and
+    ``gamma`` and ``polyak`` in [0, 1], ``lr`` in (0, 1], ``alpha_init`` > 0,
+    ``entropy_decay`` > 0 and finite, entropies finite, ``total_steps`` and
     ``reference_steps`` ≥ 1, ``seed`` in [0, 2^63 − 1], the network and replay sizes ≥ 1.
+
+    The reward weight w of Eq. (11) is the env's (:class:`~qhil.envs.charging.RewardWeight`):
+    the agent knows nothing of it; the env's schedule is written for ``reference_steps`` too
+    and scaled by :attr:`schedule_scale`.
     """
 
     hidden: tuple[int, ...] = (512, 256)
@@ -47,8 +52,6 @@ class SACConfig:
     entropy_start: float = 0.72      # target entropy H̄ at step 0 (nats, normalised action)
     entropy_end: float = -3.0        # …its limit
     entropy_decay: float = 30_000    # e-folding steps of H̄: end + (start − end) e^{−n/decay}
-    w_mean: float = 40_000           # Eq. (12)
-    w_width: float = 20_000          # Eq. (12)
     reference_steps: int = 100_000   # run length the step schedules above are written for
     total_steps: int = 100_000       # length of this run
     seed: int = 0
@@ -71,17 +74,21 @@ class SACConfig:
         check.finite_float("entropy_start", self.entropy_start, -1e6, 1e6)
         check.finite_float("entropy_end", self.entropy_end, -1e6, 1e6)
         check.finite_float("entropy_decay", self.entropy_decay, 0.0, W_MEAN_MAX, lo_open=True)
-        check.finite_float("w_mean", self.w_mean, -W_MEAN_MAX, W_MEAN_MAX)
-        check.finite_float("w_width", self.w_width, 0.0, W_MEAN_MAX, lo_open=True)
         check.integer("reference_steps", self.reference_steps, 1, 10**12)
         check.integer("total_steps", self.total_steps, 1, 10**12)
         check_seed(self.seed)
 
+    @property
+    def schedule_scale(self) -> float:
+        """total_steps / reference_steps: the factor step schedules written for
+        ``reference_steps`` (the entropy decay; the env's reward weight) are stretched by."""
+        return self.total_steps / self.reference_steps
+
     def scaled(self) -> "SACConfig":
-        """The step schedules (w_mean, w_width, entropy_decay) scaled to ``total_steps``."""
-        s = self.total_steps / self.reference_steps
-        return dataclasses.replace(self, w_mean=self.w_mean * s, w_width=self.w_width * s,
-                                   entropy_decay=self.entropy_decay * s, reference_steps=self.total_steps)
+        """The step schedule (entropy_decay) scaled to ``total_steps``; scale the env's
+        reward weight with ``RewardWeight.scaled(cfg.schedule_scale)`` (before this call)."""
+        s = self.schedule_scale
+        return dataclasses.replace(self, entropy_decay=self.entropy_decay * s, reference_steps=self.total_steps)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -89,9 +96,18 @@ class SACConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SACConfig":
+    def from_dict(cls, d: dict[str, Any], reward_options: dict[str, float] | None = None) -> "SACConfig":
+        """From a table of options. The reward-weight options of older configs (``w_mean``,
+        ``w_width``: :data:`LEGACY_REWARD_KEYS`) are checked and moved into ``reward_options``
+        (when given; else dropped): the env's schedule, ``RewardWeight.from_options(**reward_options)``."""
         if not isinstance(d, dict):
             raise ValidationError("config", f"expected a table of SAC options, got {type(d).__name__}")
+        legacy = {k: d[k] for k in LEGACY_REWARD_KEYS if k in d}
+        if legacy:
+            RewardWeight.from_options(**legacy)                    # checks them (names the option)
+            d = {k: v for k, v in d.items() if k not in LEGACY_REWARD_KEYS}
+            if reward_options is not None:
+                reward_options.update(legacy)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -107,8 +123,10 @@ class SACConfig:
         return cls(**d)
 
     @classmethod
-    def from_file(cls, path: str | Path, **overrides: Any) -> "SACConfig":
-        """From a JSON or TOML file (a flat table of the fields above), then ``overrides``."""
+    def from_file(cls, path: str | Path, reward_options: dict[str, float] | None = None,
+                  **overrides: Any) -> "SACConfig":
+        """From a JSON or TOML file (a flat table of the fields above), then ``overrides``;
+        ``reward_options`` as in :meth:`from_dict`."""
         kind = "TOML" if str(path).endswith(".toml") else "JSON"
         try:
             text = Path(path).read_text()
@@ -127,13 +145,9 @@ class SACConfig:
                                   "a flat table of SAC options") from None
         if not isinstance(d, dict):
             raise ValidationError("config", f"{str(path)!r} holds a {type(d).__name__}", "a table of SAC options")
-        return cls.from_dict({**d, **{k: v for k, v in overrides.items() if v is not None}})
+        return cls.from_dict({**d, **{k: v for k, v in overrides.items() if v is not None}}, reward_options)
 
-    # -- the two schedules --------------------------------------------------------------
-    def reward_weight(self, step: int) -> float:
-        """w(n) of Eq. (12)."""
-        return scheduled_weight(step, self.w_mean, self.w_width)
-
+    # -- the schedule ------------------------------------------------------------------
     def target_entropy(self, step: int) -> float:
         """H̄(n) = end + (start − end) exp(−n/decay), nats on the normalised action."""
         return self.entropy_end + (self.entropy_start - self.entropy_end) * math.exp(-step / self.entropy_decay)

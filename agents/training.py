@@ -21,15 +21,20 @@ Bootstrapped DQN, DDPG, PPO and the DQN+PPO ensemble on the supply chain (seed 0
   On a gymnasium env (the supply chain) it plays the deterministic policy on given seeds
   and returns the mean return and the env's figures per episode.
 
-An agent plugs in by providing: ``act(obs, deterministic)`` (a batch (n, D) → (n, act_dim),
-env units), ``state_dict()`` / ``load_state_dict()``, ``rng`` (numpy Generator) and ``cfg``
-with ``total_steps``. Off-policy agents (``uses_replay = True``, the default) also provide
-``random_action(n)``, ``to_normalised(a)`` (the stored action row), ``reward_weights(step)``
-(weights of the env's ``reward_terms``), ``update(batch, step) -> dict``, ``act_dim``,
-``n_reward_terms`` and ``cfg.batch_size``, ``buffer_size``, ``learning_starts``,
-``updates_per_step``. Optional hooks: ``begin_episode()`` (e.g. Bootstrapped DQN picks a
-head) and ``observe(obs, actions, terms, next_obs, dones, step) -> dict | None`` after every
-environment step (on-policy agents learn here).
+An agent plugs in through the protocols of :mod:`qhil.agents.protocols` (checked with
+``isinstance``, a clear ValidationError where one is missing): every :class:`Agent` has
+``act``, ``state_dict`` / ``load_state_dict``, ``rng`` and ``cfg`` (``total_steps``); an
+:class:`OffPolicyAgent` adds ``act_dim``, ``random_action``, ``to_normalised``, ``update`` and
+``cfg.batch_size``, ``buffer_size``, ``learning_starts``, ``updates_per_step``; an
+:class:`Observer` is told of every step (on-policy agents learn there); an
+:class:`EpisodeAware` agent hears ``begin_episode()``. The weights of ``info["reward_terms"]``
+are the env's (the charging env's w of Eq. 11; :class:`RewardWeighted`), else the agent's
+(seed 004's fixed α). The figures recorded are those the env declares (charging:
+``figures``/``objective``; gymnasium envs: ``episode_figures``, or ``info["figures"]``).
+
+Per round of episodes the loop also records the updates' statistics (losses, α, entropy, Q
+values, … as the agent reports them; their mean over the round) in the run store
+(:meth:`RunStore.log_updates`) and, with ``tensorboard=DIR``, as TensorBoard scalars.
 """
 from __future__ import annotations
 
@@ -40,11 +45,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import gymnasium as gym
 import numpy as np
 import torch
 
 from qhil.drivers import ValidationError
 
+from .protocols import (Configured, EpisodeAware, MixtureAgent, Observer, OffPolicyAgent,
+                        ReportsPrecision, RewardWeighted, check_agent)
 from .replay import ReplayBuffer
 from .runstore import RunStore
 
@@ -58,7 +66,7 @@ class TrainState:
 
     step: int = 0                # environment steps taken (all envs)
     episode: int = 0             # episodes finished (all envs)
-    best: float = -np.inf        # best terminal ergotropy (charging) / return (gym) so far
+    best: float = -np.inf        # best objective so far: terminal ergotropy (charging) / return (gym)
     best_protocol: list[float] = field(default_factory=list)
     best_trajectory: list[float] = field(default_factory=list)
     best_episode: int = -1       # the episode that set ``best`` (-1: none, or a checkpoint older than this field)
@@ -75,6 +83,9 @@ def save_checkpoint(path: str | Path, agent: Any, buffer: ReplayBuffer | None, s
     tmp = path.with_suffix(path.suffix + ".tmp")
     blob = {"agent": agent.state_dict(), "buffer": None if buffer is None else buffer.state_dict(),
             "state": state.__dict__, "env_n_step": env.n_step}
+    schedule = _reward_schedule(env)
+    if schedule is not None:                  # the env's reward weight: a resume must keep it
+        blob["env_reward_weight"] = schedule
     with open(tmp, "wb") as f:
         torch.save(blob, f)
         f.flush()
@@ -82,9 +93,31 @@ def save_checkpoint(path: str | Path, agent: Any, buffer: ReplayBuffer | None, s
     os.replace(tmp, path)
 
 
+def _reward_schedule(env: Any) -> dict[str, Any] | None:
+    """The env's reward weight as a dict (charging: fixed w or Eq. 12's schedule), else None."""
+    from qhil.envs.charging import RewardWeight
+    rw = env.reward_weight if isinstance(env, ChargingEpisodes) else None
+    return rw.to_dict() if isinstance(rw, RewardWeight) else None
+
+
 def load_checkpoint(path: str | Path, agent: Any, buffer: ReplayBuffer | None, env: Any) -> TrainState:
+    """Restore ``agent``, ``buffer`` and the env's step count from ``path``; refuse (ValueError)
+    a checkpoint written with other agent settings or another reward weight of the env. An
+    older SAC checkpoint's ``w_mean``/``w_width`` (the weight was the agent's then) are read as
+    the env's schedule and compared with it."""
+    from qhil.envs.charging import RewardWeight
     blob = torch.load(path, weights_only=False)
-    saved, now = blob["agent"].get("config"), getattr(agent.cfg, "to_dict", lambda: None)()
+    saved, now = blob["agent"].get("config"), agent.cfg.to_dict() if isinstance(agent.cfg, Configured) else None
+    saved_weight = blob.get("env_reward_weight")
+    if isinstance(saved, dict) and {"w_mean", "w_width"} <= set(saved) and now is not None \
+            and "w_mean" not in now:                                  # before the env owned the weight
+        saved = dict(saved)
+        saved_weight = RewardWeight.from_legacy(saved.pop("w_mean"), saved.pop("w_width")).to_dict()
+    env_weight = _reward_schedule(env)
+    if saved_weight is not None and env_weight is not None and not _same_weight(saved_weight, env_weight):
+        raise ValueError(f"checkpoint {path} was written with another reward weight of the env "
+                         f"(saved, now): {(saved_weight, env_weight)}; resume with the same options "
+                         "or use another run directory")
     if saved is not None and now is not None:                         # options added since: their defaults
         try:
             saved = _with_defaults(saved, type(agent.cfg)().to_dict())
@@ -115,17 +148,39 @@ def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str,
     return out
 
 
+def _same_weight(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two recorded reward weights agree (to float rounding: a schedule scaled twice)."""
+    return a.keys() == b.keys() and all(
+        (a[k] is None and b[k] is None) or (a[k] is not None and b[k] is not None
+                                            and math.isclose(a[k], b[k], rel_tol=1e-9, abs_tol=1e-12))
+        for k in a)
+
+
 class ChargingEpisodes:
     """The charging vector env (:class:`~qhil.envs.charging.ChargingVectorEnv`) as :func:`train`
-    sees it: rounds of ``n_envs`` lock-step episodes; rows of return, terminal energy and
-    ergotropy; the best terminal ergotropy explored and its protocol. The env's reward weight
-    follows the agent's schedule (``cfg.w_mean``, ``cfg.w_width``) when the agent has one."""
-
-    best_key = "ergotropy"
+    sees it: rounds of ``n_envs`` lock-step episodes; rows of return and the env's two
+    declared figures (``env.figures``: terminal energy and ergotropy), the best terminal
+    ``env.objective`` explored and its protocol. The reward weight is the env's own
+    (:meth:`reward_weights`); the agent knows nothing of it."""
 
     def __init__(self, env: Any) -> None:
         self.env = env
         self.n_envs, self.obs_dim, self.episode_steps = env.n_envs, env.obs_dim, env.n_steps
+        self.objective: str = env.objective
+        self.headline: tuple[str, ...] = tuple(env.figures)[:2]
+
+    @property
+    def best_key(self) -> str:
+        return self.objective
+
+    @property
+    def reward_weight(self) -> Any:
+        """The env's :class:`~qhil.envs.charging.RewardWeight`."""
+        return self.env.reward_weight
+
+    def reward_weights(self, step: int) -> np.ndarray:
+        """The env's weights of ``info["reward_terms"]`` at environment step ``step``."""
+        return self.env.reward_weights(step)
 
     @property
     def n_step(self) -> int:
@@ -136,9 +191,7 @@ class ChargingEpisodes:
         self.env.n_step = value
 
     def prepare(self, agent: Any) -> None:
-        cfg, env = agent.cfg, self.env
-        env.w_mean, env.w_width = getattr(cfg, "w_mean", env.w_mean), getattr(cfg, "w_width", env.w_width)
-        env.weight = None if hasattr(cfg, "w_mean") else env.weight
+        pass
 
     def reset(self, episode: int) -> np.ndarray:
         obs, _ = self.env.reset()
@@ -147,7 +200,7 @@ class ChargingEpisodes:
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         next_obs, reward, done, trunc, info = self.env.step(actions[:, 0])
-        self._traj.append(info["ergotropy"])
+        self._traj.append(info[self.objective])
         self._info = info
         return next_obs, reward, done, trunc, info
 
@@ -156,25 +209,33 @@ class ChargingEpisodes:
         info, protocols = self._info, self.env.controls
         traj_arr = np.stack(self._traj, axis=1)
         rows, new_best = [], None
+        first, second = self.headline
         for i in range(self.n_envs):
-            erg = float(info["ergotropy"][i])
-            if erg > state.best:
-                state.best = erg
+            value = float(info[self.objective][i])
+            if value > state.best:
+                state.best = value
                 state.best_protocol = protocols[i].tolist()
                 state.best_trajectory = traj_arr[i].tolist()
                 state.best_episode = state.episode
-                new_best = {"ergotropy": erg, "episode": state.episode, "protocol": state.best_protocol,
+                new_best = {"objective": value, "episode": state.episode, "protocol": state.best_protocol,
                             "trajectory": state.best_trajectory}
             rows.append({"episode": state.episode, "step": state.step, "ret": float(ret[i]),
-                         "energy": float(info["energy"][i]), "ergotropy": erg, "best": state.best,
-                         "weight": float(info["weight"][i])})
+                         "energy": float(info[first][i]), "ergotropy": float(info[second][i]),
+                         "best": state.best, "weight": float(info["weight"][i])})
             state.episode += 1
         return rows, new_best
 
     def postfix(self, row: dict, state: TrainState, stats: dict) -> dict:
-        return dict(ep=state.episode, ret=f"{row['ret']:.3f}", erg=f"{row['ergotropy']:.3f}",
+        return dict(ep=state.episode, ret=f"{row['ret']:.3f}", obj=f"{row['ergotropy']:.3f}",
                     best=f"{state.best:.4f}", w=f"{row['weight']:.2f}",
                     alpha=f"{stats.get('alpha', float('nan')):.2e}")
+
+
+#: Reductions of a per-step ``info`` figure over an episode (``episode_figures`` of an env).
+_REDUCE: dict[str, Callable[[list[Any]], float]] = {
+    "mean": lambda v: float(np.array(v).mean()), "final": lambda v: float(v[-1]),
+    "max": lambda v: float(np.array(v).max()), "min": lambda v: float(np.array(v).min()),
+    "sum": lambda v: float(sum(np.sum(x) for x in v))}
 
 
 class GymEpisodes:
@@ -183,10 +244,12 @@ class GymEpisodes:
 
     Episode e is played from ``reset(seed=seed + e)``, so a resumed run replays the same
     episodes. Each episode's row in the run store holds the return, ``best`` = the best
-    return so far and ``weight`` = the agent's ``omega`` (the ensemble's ω_dqn) if it has one.
-    The store's two figure columns are filled with the env's headline figures — on the supply
-    chain ``energy`` ← mean fidelity over the episode, ``ergotropy`` ← final fidelity — and
-    every figure of :meth:`figures` is kept by name in the store (:meth:`RunStore.figures`).
+    return so far and ``weight`` = a mixture agent's ``omega`` (the ensemble's ω_dqn).
+    The figures are the env's own: ``env.episode_figures`` (name → (info key, reduction:
+    mean, final, max, min, sum)) or, without it, the last step's ``info["figures"]`` (a dict
+    of named numbers). All are kept by name (:meth:`RunStore.figures`); the store's two
+    headline columns take ``env.headline_figures`` (the supply chain: ``energy`` ← mean
+    fidelity, ``ergotropy`` ← final fidelity; else the first two figures, 0 without).
     """
 
     best_key = "return"
@@ -208,8 +271,8 @@ class GymEpisodes:
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         a = actions[0]
-        a = int(np.asarray(a).reshape(-1)[0]) if not getattr(self.env, "continuous", False) \
-            and hasattr(self.env.action_space, "n") else np.asarray(a, np.float32)
+        a = int(np.asarray(a).reshape(-1)[0]) if isinstance(self.env.action_space, gym.spaces.Discrete) \
+            else np.asarray(a, np.float32)
         obs, reward, term, trunc, info = self.env.step(a)
         self.n_step += 1
         self._steps.append(info)
@@ -217,21 +280,32 @@ class GymEpisodes:
         info = dict(info, reward_terms=np.asarray(info["reward_terms"], np.float32)[None])
         return obs[None], np.array([reward]), np.array([term]), np.array([trunc]), info
 
+    def _declared(self, name: str) -> Any:
+        """A figure declaration of the (unwrapped) env's class or instance, else None."""
+        base = self.env.unwrapped if isinstance(self.env, gym.Env) else self.env
+        return vars(base).get(name, vars(type(base)).get(name))
+
     def figures(self) -> dict[str, float]:
-        """The episode's figures: fidelity (mean, final, max), final security, total CO2,
-        unmet demand (summed over warehouses and steps) — those the env reports."""
+        """The episode's figures as the env declares them (``episode_figures``, reduced over
+        the steps that report their info key), else the last step's ``info["figures"]``."""
         st = self._steps
+        if not st:
+            return {}
+        spec = self._declared("episode_figures")
+        if spec is None:
+            return {k: float(v) for k, v in dict(st[-1].get("figures") or {}).items()}
         out: dict[str, float] = {}
-        if st and "fidelity" in st[0]:
-            f = np.array([s["fidelity"] for s in st])
-            out.update(mean_fidelity=float(f.mean()), final_fidelity=float(f[-1]), max_fidelity=float(f.max()))
-        if st and "security" in st[-1]:
-            out["security"] = float(st[-1]["security"])
-        if st and "co2_total" in st[-1]:
-            out["co2_total"] = float(st[-1]["co2_total"])
-        if st and "unmet" in st[0]:
-            out["unmet"] = float(sum(np.sum(s["unmet"]) for s in st))
+        for name, (key, how) in spec.items():
+            vals = [s[key] for s in st if key in s]
+            if vals:
+                out[name] = _REDUCE[how](vals)
         return out
+
+    def headline(self, figs: dict[str, float]) -> tuple[float, float]:
+        """The two figures of the store's headline columns (0.0 where missing)."""
+        names = self._declared("headline_figures") or tuple(figs)[:2]
+        vals = [figs.get(n, 0.0) for n in names] + [0.0, 0.0]
+        return float(vals[0]), float(vals[1])
 
     def finish(self, state: TrainState, ret: np.ndarray, agent: Any) -> tuple[list[dict], dict | None]:
         figs = self.figures()
@@ -240,14 +314,14 @@ class GymEpisodes:
         if r > state.best:
             state.best = r
             state.best_protocol = np.ravel(np.asarray(self._actions, float)).tolist()   # (T,) or (T·N,)
-            state.best_trajectory = [float(s.get("fidelity", 0.0)) for s in self._steps]
+            key = self._declared("trajectory_figure")
+            state.best_trajectory = [float(s.get(key, 0.0)) if key else 0.0 for s in self._steps]
             state.best_episode = state.episode
-            new_best = {"ergotropy": r, "episode": state.episode, "protocol": state.best_protocol,
+            new_best = {"objective": r, "episode": state.episode, "protocol": state.best_protocol,
                         "trajectory": state.best_trajectory}
-        omega = getattr(agent, "omega", None)
-        row = {"episode": state.episode, "step": state.step, "ret": r,
-               "energy": figs.get("mean_fidelity", 0.0), "ergotropy": figs.get("final_fidelity", 0.0),
-               "best": state.best, "weight": None if omega is None else float(omega),
+        first, second = self.headline(figs)
+        row = {"episode": state.episode, "step": state.step, "ret": r, "energy": first, "ergotropy": second,
+               "best": state.best, "weight": float(agent.omega) if isinstance(agent, MixtureAgent) else None,
                "figures": figs}
         state.episode += 1
         return [row], new_best
@@ -287,18 +361,21 @@ def _restored_best(state: TrainState) -> dict[str, Any] | None:
         return None
     # None: a checkpoint older than ``best_episode`` (the store finds the episode)
     episode = state.best_episode if state.best_episode >= 0 else None
-    return {"ergotropy": state.best, "episode": episode, "protocol": state.best_protocol,
+    return {"objective": state.best, "episode": episode, "protocol": state.best_protocol,
             "trajectory": state.best_trajectory}
 
 
 def train(agent: Any, env: Any, *, store: RunStore | None = None, run: str = "run",
           config: dict[str, Any] | None = None, checkpoint: str | Path | None = None,
           checkpoint_every: int = 200, checkpoint_seconds: float | None = CHECKPOINT_SECONDS,
-          progress: bool = True, stop: Callable[[TrainState], bool] | None = None) -> TrainState:
+          progress: bool = True, stop: Callable[[TrainState], bool] | None = None,
+          tensorboard: str | Path | None = None) -> TrainState:
     """Train ``agent`` on the adapted env ``env`` (:class:`ChargingEpisodes`, :class:`GymEpisodes`)
     for ``agent.cfg.total_steps`` environment steps; the one loop for every agent.
 
-    store/run:          where episodes go (return, the env's figures, best-so-far)
+    store/run:          where episodes go (return, the env's figures, best-so-far) and, per
+                        round of episodes, the mean of the update statistics over the round
+                        (losses, α, entropy, Q values …; :meth:`RunStore.updates`)
     checkpoint:         file to resume from (if present) and to write every
                         ``checkpoint_every`` episodes, every ``checkpoint_seconds`` of wall
                         time (checked after each round of episodes; stretched to 20× the
@@ -306,15 +383,25 @@ def train(agent: Any, env: Any, *, store: RunStore | None = None, run: str = "ru
                         at the end. Resuming replays the episodes after the checkpoint: the
                         store drops them and takes the checkpoint's own best back.
     stop:               optional early stop, called after each round of episodes
+    tensorboard:        a folder: the same statistics and each episode's return and figures
+                        as TensorBoard scalars (x = environment steps; needs ``tensorboard``)
     Returns the final :class:`TrainState`.
     """
     checkpoint_every, checkpoint_seconds = check_checkpoint_interval(checkpoint_every, checkpoint_seconds)
+    check_agent(agent)
+    writer = open_tensorboard(tensorboard) if tensorboard is not None else None
     cfg = agent.cfg
     n_envs = env.n_envs
-    replay = getattr(agent, "uses_replay", True)
+    replay = isinstance(agent, OffPolicyAgent)
+    observe = agent.observe if isinstance(agent, Observer) else None
+    weigher: Any = env if isinstance(env, RewardWeighted) else agent       # the env owns the weights
+    if replay and not isinstance(weigher, RewardWeighted):
+        raise ValidationError("env", f"neither {type(env).__name__} nor {type(agent).__name__} gives "
+                              "reward_weights(step)", "an env (or agent) with the weights of info['reward_terms']")
     # np.zeros is lazily committed: a 180k ring costs memory only as it fills
-    buffer = ReplayBuffer(cfg.buffer_size, env.obs_dim, agent.act_dim, agent.n_reward_terms) if replay else None
-    learning_starts = getattr(cfg, "learning_starts", 0) if replay else 0
+    buffer = ReplayBuffer(cfg.buffer_size, env.obs_dim, agent.act_dim, len(weigher.reward_weights(0))) \
+        if replay else None
+    learning_starts = cfg.learning_starts if replay else 0
     # the step count after the first round that updates (steps advance by n_envs)
     first_update_step = max(n_envs, -(-learning_starts // n_envs) * n_envs)
     state = TrainState()
@@ -324,9 +411,8 @@ def train(agent: Any, env: Any, *, store: RunStore | None = None, run: str = "ru
         store.start_run(run, config or {})
         # episodes after the checkpoint are replayed; the best is the checkpoint's own
         store.truncate(run, state.episode - 1, _restored_best(state))
-        precision = getattr(agent, "precision_info", None)
-        if precision is not None:                    # what this process runs (auto: its probe)
-            store.annotate(run, precision=precision)
+        if isinstance(agent, ReportsPrecision):      # what this process runs (auto: its probe)
+            store.annotate(run, precision=agent.precision_info)
     env.prepare(agent)
     env.n_step = state.step
 
@@ -342,13 +428,13 @@ def train(agent: Any, env: Any, *, store: RunStore | None = None, run: str = "ru
     ckpt_interval = checkpoint_seconds
     wall0 = state.wall
     stats: dict[str, float] = {}
-    observe = getattr(agent, "observe", None)
     while state.step < cfg.total_steps:
         obs = env.reset(state.episode)
-        if hasattr(agent, "begin_episode"):
+        if isinstance(agent, EpisodeAware):
             agent.begin_episode()
         ret = np.zeros(n_envs)
         steps0 = state.step
+        metrics = UpdateMetrics()
         while True:
             warm = replay and state.step < learning_starts
             act = agent.random_action(n_envs) if warm else agent.act(obs)
@@ -359,22 +445,31 @@ def train(agent: Any, env: Any, *, store: RunStore | None = None, run: str = "ru
             ret += reward
             state.step += n_envs
             if observe is not None:                  # ε decay; on-policy rollouts and updates
-                stats.update(observe(obs, act, info["reward_terms"], next_obs, done | trunc, state.step) or {})
+                seen = observe(obs, act, info["reward_terms"], next_obs, done | trunc, state.step)
+                if seen:
+                    stats.update(seen)
+                    metrics.add(seen)
             obs = next_obs
             if buffer is not None and state.step >= learning_starts:
                 # updates_per_step per env step (may be < 1 with many envs), from the warm-up's end
                 due = int((state.step - first_update_step + n_envs) * cfg.updates_per_step + 1e-9)
                 for _ in range(due - state.updates):
-                    batch = buffer.sample(cfg.batch_size, agent.rng, agent.reward_weights(state.step))
+                    batch = buffer.sample(cfg.batch_size, agent.rng, weigher.reward_weights(state.step))
                     stats = agent.update(batch, state.step)
+                    metrics.add(stats)
                     state.updates += 1
             if done.all() or trunc.all():
                 break
         # -- the round of episodes is over: record them ---------------------------------
         rows, new_best = env.finish(state, ret, agent)
         state.wall = wall0 + time.perf_counter() - t0
+        round_metrics = metrics.means()
         if store is not None:
             store.log_episodes(run, rows, new_best)
+            if round_metrics:
+                store.log_updates(run, state.episode - 1, state.step, state.updates, round_metrics)
+        if writer is not None:
+            _write_tensorboard(writer, rows, round_metrics, state)
         if bar is not None:
             bar.update(state.step - steps0)
             bar.set_postfix(**env.postfix(rows[-1], state, stats), refresh=False)
@@ -390,15 +485,65 @@ def train(agent: Any, env: Any, *, store: RunStore | None = None, run: str = "ru
             break
     if bar is not None:
         bar.close()
+    if writer is not None:
+        writer.close()
     if checkpoint is not None:
         save_checkpoint(checkpoint, agent, buffer, state, env)
     return state
 
 
+class UpdateMetrics:
+    """The statistics of one round's updates (each a dict of numbers): their means by name."""
+
+    def __init__(self) -> None:
+        self._sum: dict[str, float] = {}
+        self._n: dict[str, int] = {}
+
+    def add(self, stats: dict[str, Any]) -> None:
+        for k, v in stats.items():
+            if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
+                self._sum[k] = self._sum.get(k, 0.0) + float(v)
+                self._n[k] = self._n.get(k, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {k: self._sum[k] / self._n[k] for k in self._sum}
+
+
+def open_tensorboard(log_dir: str | Path) -> Any:
+    """A :class:`torch.utils.tensorboard.SummaryWriter` on ``log_dir`` (created); a clear
+    ValidationError if the ``tensorboard`` package is missing or the folder cannot be made."""
+    if not isinstance(log_dir, (str, Path)) or not str(log_dir):
+        raise ValidationError("tensorboard", f"{log_dir!r}", "a folder for the event files")
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValidationError("tensorboard", "TensorBoard logging needs the tensorboard package, which is not "
+                              "installed", "pip install tensorboard (or qhil[cluster]), or leave it off") from None
+    try:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValidationError("tensorboard", f"cannot create {str(log_dir)!r} ({exc})", "a writable folder") from None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def _write_tensorboard(writer: Any, rows: list[dict[str, Any]], metrics: dict[str, float], state: TrainState) -> None:
+    """One round: ``train/<statistic>`` (mean over the round's updates) at the round's last
+    step; per episode ``episode/return``, ``episode/best`` and ``episode/<figure>``."""
+    for k, v in metrics.items():
+        writer.add_scalar(f"train/{k}", v, state.step)
+    for r in rows:
+        writer.add_scalar("episode/return", r["ret"], r["step"])
+        writer.add_scalar("episode/best", r["best"], r["step"])
+        figs = r.get("figures") or {"energy": r["energy"], "ergotropy": r["ergotropy"]}
+        for k, v in figs.items():
+            writer.add_scalar(f"episode/{k}", v, r["step"])
+
+
 def train_off_policy(agent: Any, env: Any, *, store: RunStore | None = None, run: str = "run",
                      config: dict[str, Any] | None = None, checkpoint: str | Path | None = None,
                      checkpoint_every: int = 200, checkpoint_seconds: float | None = CHECKPOINT_SECONDS,
-                     progress: bool = True, stop: Callable[[TrainState], bool] | None = None) -> TrainState:
+                     progress: bool = True, stop: Callable[[TrainState], bool] | None = None,
+                     tensorboard: str | Path | None = None) -> TrainState:
     """Train ``agent`` on the charging vector env ``env`` for ``agent.cfg.total_steps`` steps:
     :func:`train` with :class:`ChargingEpisodes`.
 
@@ -407,32 +552,34 @@ def train_off_policy(agent: Any, env: Any, *, store: RunStore | None = None, run
                       ``checkpoint_every`` episodes, every ``checkpoint_seconds`` of wall
                       time (default 60 s; None: episodes only) and at the end
     stop:             optional early stop, called after each round of episodes
+    tensorboard:      folder for TensorBoard scalars (see :func:`train`)
     Returns the final :class:`TrainState`.
 
-    The env's own reward weight is set to follow the agent's schedule (``cfg.w_mean``,
-    ``cfg.w_width``, counted in the same steps), so the logged return is the Eq. (11)
-    return in force when each episode was played; the agent itself re-weights the stored
-    terms when it samples (see :class:`~qhil.agents.replay.ReplayBuffer`).
+    The reward weight of Eq. (11) is the env's (a fixed w or Eq. 12's schedule, counted in
+    environment steps): the logged return is the one in force when each episode was played,
+    and replay batches re-weight the stored terms with the env's weight at the current step
+    (see :class:`~qhil.agents.replay.ReplayBuffer`).
     """
     adapter = env if isinstance(env, (ChargingEpisodes, GymEpisodes)) else ChargingEpisodes(env)
     return train(agent, adapter, store=store, run=run, config=config, checkpoint=checkpoint,
                  checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
-                 progress=progress, stop=stop)
+                 progress=progress, stop=stop, tensorboard=tensorboard)
 
 
 def deterministic_episode(agent: Any, env: Any) -> dict[str, Any]:
-    """Play the policy's mean action for one episode on a (fresh) vector env with n_envs = 1."""
+    """Play the policy's mean action for one episode on a (fresh) vector env with n_envs = 1:
+    the terminal value of each figure the env declares (``env.figures``, by name), the
+    protocol and the objective's trajectory."""
+    names, objective = tuple(env.figures), env.objective
     obs, info = env.reset()
-    traj = [float(info["ergotropy"][0])]
-    energy = [float(info["energy"][0])]
+    traj = [float(info[objective][0])]
     while True:
         lam = agent.act(obs, deterministic=True)
         obs, _, done, trunc, info = env.step(lam[:, 0])
-        traj.append(float(info["ergotropy"][0]))
-        energy.append(float(info["energy"][0]))
+        traj.append(float(info[objective][0]))
         if done.all() or trunc.all():
             break
-    return {"ergotropy": traj[-1], "energy": energy[-1], "protocol": env.controls[0].tolist(),
+    return {**{k: float(info[k][0]) for k in names}, "protocol": env.controls[0].tolist(),
             "trajectory": traj}
 
 
@@ -452,7 +599,7 @@ def evaluate(agent: Any, env: Any, state: TrainState | None = None,
     """
     if isinstance(env, GymEpisodes):
         env = env.env
-    if not hasattr(env, "n_envs"):
+    if isinstance(env, gym.Env):                     # a gymnasium env (the supply chain)
         if len(seeds) == 0:
             raise ValueError("seeds: at least one evaluation episode seed is needed")
         adapter = GymEpisodes(env)
@@ -474,5 +621,5 @@ def evaluate(agent: Any, env: Any, state: TrainState | None = None,
             out["best_explored"] = {"return": state.best, "actions": state.best_protocol}
         return out
     return {"deterministic": deterministic_episode(agent, env),
-            "best_explored": {"ergotropy": state.best, "protocol": state.best_protocol,
+            "best_explored": {env.objective: state.best, "protocol": state.best_protocol,
                               "trajectory": state.best_trajectory}}

@@ -37,9 +37,12 @@ def ours(max_steps: int, seed: int, hidden: tuple[int, ...], target: float | Non
     from qhil.agents.training import train_off_policy
     from qhil.envs import make_charging_env
     from qhil.envs.history import HistoryVectorEnv
+    from qhil.envs import RewardWeight
     cfg = SACConfig(total_steps=max_steps, seed=seed, hidden=hidden, learning_starts=learning_starts,
-                    precision=precision, updates_per_step=updates_per_step).scaled()
-    env = make_charging_env("env1", "second_order", n_envs=n_envs, w_mean=cfg.w_mean, w_width=cfg.w_width)
+                    precision=precision, updates_per_step=updates_per_step)
+    weight = RewardWeight().scaled(cfg.schedule_scale)          # the env's (Eq. 12), in this run's steps
+    cfg = cfg.scaled()
+    env = make_charging_env("env1", "second_order", n_envs=n_envs, reward_weight=weight)
     if history is not None:
         env = HistoryVectorEnv(env, history, of=history_of)
     agent = SAC(env.obs_dim, env.action_low, env.action_high, cfg)

@@ -33,6 +33,7 @@ E_j = ω_j (1 − ⟨Z_j⟩)/2 replaces ⟨Z_j⟩ (same information, units of ω
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import gymnasium as gym
@@ -49,7 +50,7 @@ from .measurement import REWARD_MODES, HeldObservation, custom_observables, tomo
 
 #: Largest B (batteries stepped together) and K (steps per episode) accepted.
 MAX_ENVS, MAX_STEPS = 100_000, 100_000
-#: Largest |w_mean| and w_width (environment steps) of Eq. (12); a fixed weight uses ~1e21.
+#: Largest |w_mean| and w_width (environment steps) of Eq. (12).
 W_SCHEDULE_MAX = 1e30
 #: Out-of-bounds actions within this fraction of (high − low) are rounding: clipped, not reported.
 CLIP_TOLERANCE = 1e-6
@@ -62,6 +63,64 @@ def scheduled_weight(n_step: float | np.ndarray, w_mean: float, w_width: float) 
     return float(w) if np.ndim(w) == 0 else w
 
 
+@dataclass(frozen=True)
+class RewardWeight:
+    """The weight w(n) of Eq. (11), owned by the env: a fixed ``w`` in [0, 1], or (``w`` None)
+    the schedule of Eq. (12) with ``mean`` and ``width`` in environment steps.
+
+    ``RewardWeight(w=0.0)`` is exactly 0 at every step (no flat sigmoid);
+    ``RewardWeight(mean=40_000, width=20_000)`` is the paper's schedule. Every field is checked
+    (ValidationError naming it)."""
+
+    w: float | None = None
+    mean: float = 40_000
+    width: float = 20_000
+
+    def __post_init__(self) -> None:
+        if self.w is not None:
+            object.__setattr__(self, "w", check.finite_float("weight", self.w, 0.0, 1.0))
+        object.__setattr__(self, "mean", check.finite_float("w_mean", self.mean, -W_SCHEDULE_MAX, W_SCHEDULE_MAX))
+        object.__setattr__(self, "width", check.finite_float("w_width", self.width, 0.0, W_SCHEDULE_MAX,
+                                                             lo_open=True))
+
+    @property
+    def fixed(self) -> bool:
+        return self.w is not None
+
+    def __call__(self, n_step: float) -> float:
+        """w at environment step ``n_step``."""
+        return self.w if self.w is not None else scheduled_weight(n_step, self.mean, self.width)
+
+    def scaled(self, factor: float) -> "RewardWeight":
+        """The schedule stretched in steps by ``factor`` (a run ``factor`` × the reference
+        length); a fixed w is unchanged."""
+        factor = check.finite_float("factor", factor, 0.0, 1e12, lo_open=True)
+        return self if self.fixed else RewardWeight(None, self.mean * factor, self.width * factor)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"w": self.w} if self.fixed else {"w_mean": self.mean, "w_width": self.width}
+
+    @classmethod
+    def from_legacy(cls, w_mean: float, w_width: float) -> "RewardWeight":
+        """The schedule an older SAC config or checkpoint held (``w_mean``, ``w_width``), where
+        a fixed w was a sigmoid with a width ≥ 1e15 steps: that is read as the fixed w."""
+        if float(w_width) >= 1e15:
+            w = scheduled_weight(0.0, float(w_mean), float(w_width))
+            return cls(w=0.0 if w < 1e-12 else 1.0 if w > 1.0 - 1e-12 else w)
+        return cls(None, w_mean, w_width)
+
+    @classmethod
+    def from_options(cls, weight: float | None = None, w_mean: float | None = None,
+                     w_width: float | None = None) -> "RewardWeight":
+        """From the command line's ``--weight`` / ``--w-mean`` / ``--w-width`` (or a recorded
+        config's ``weight`` / ``sac.w_mean`` / ``sac.w_width``): a fixed ``weight`` wins;
+        missing schedule values take the paper's defaults."""
+        if weight is not None:
+            return cls(w=weight)
+        d = cls()
+        return cls(None, d.mean if w_mean is None else w_mean, d.width if w_width is None else w_width)
+
+
 class ChargingVectorEnv:
     """B charging episodes stepped together, one ``backend.run`` call per step.
 
@@ -72,6 +131,8 @@ class ChargingVectorEnv:
     action_low, action_high: λ bounds (default ± the battery's coupling bound), units ω_0
     weight:     fixed w of Eq. (11), or None for the schedule of Eq. (12)
     w_mean, w_width: Eq. (12), in environment steps (counted over all B envs)
+    reward_weight: a :class:`RewardWeight` instead of the three above (the env owns the weight;
+                :meth:`reward_weights` gives the weights of ``info["reward_terms"]`` at a step)
     backend:    a backend or a spec string (default ``"statevector"``)
     shots:      None for exact expectation values, else shots per setting (not full_state)
     every, final_only: measure the observation only at k = 0, m, 2m, …, K (``every`` = m) or
@@ -109,7 +170,12 @@ class ChargingVectorEnv:
                  weight: float | None = None, w_mean: float = 40_000, w_width: float = 20_000,
                  backend: Backend | str = "statevector", shots: int | None = None,
                  every: int = 1, final_only: bool = False, reward: str = "exact",
-                 tomography_shots: int | None = 1000) -> None:
+                 tomography_shots: int | None = 1000, reward_weight: RewardWeight | None = None) -> None:
+        if reward_weight is not None:
+            if not isinstance(reward_weight, RewardWeight):
+                raise ValidationError("reward_weight", f"expected a RewardWeight, got {type(reward_weight).__name__}",
+                                      "RewardWeight(w=…) or RewardWeight(mean=…, width=…)")
+            weight, w_mean, w_width = reward_weight.w, reward_weight.mean, reward_weight.width
         if battery is not None and not isinstance(battery, DickeBattery):
             raise ValidationError("battery", f"expected a DickeBattery, got {type(battery).__name__}")
         self.battery = battery if battery is not None else DickeBattery(omegas=ENV1)
@@ -196,9 +262,32 @@ class ChargingVectorEnv:
         self._energy_measured = np.zeros(n_envs)     # last measured E (tomography_terminal)
 
     # -- physics → observation -------------------------------------------------------
+    #: Figures of merit in ``info`` (per battery): the training loop records them by these names.
+    figures: tuple[str, ...] = ("energy", "ergotropy")
+    #: The figure whose terminal value an episode is judged by (best explored, Table 1).
+    objective: str = "ergotropy"
+
+    @property
+    def reward_weight(self) -> RewardWeight:
+        """The env's weight of Eq. (11): fixed, or Eq. (12)'s schedule."""
+        return RewardWeight(self.weight, self.w_mean, self.w_width)
+
+    @reward_weight.setter
+    def reward_weight(self, value: RewardWeight) -> None:
+        if not isinstance(value, RewardWeight):
+            raise ValidationError("reward_weight", f"expected a RewardWeight, got {type(value).__name__}")
+        self.weight, self.w_mean, self.w_width = value.w, value.mean, value.width
+
     def current_weight(self) -> float:
         """The w of Eq. (11) in force now."""
         return self.weight if self.weight is not None else scheduled_weight(self.n_step, self.w_mean, self.w_width)
+
+    def reward_weights(self, step: int | None = None) -> np.ndarray:
+        """Weights [w, 1 − w] of ``info["reward_terms"]`` = [ΔE, Δℰ] at environment step ``step``
+        (default: now), float32: a replay buffer re-weights stored terms with them."""
+        n = self.n_step if step is None else step
+        w = self.weight if self.weight is not None else scheduled_weight(n, self.w_mean, self.w_width)
+        return np.array([w, 1.0 - w], np.float32)
 
     def normalise(self, action: np.ndarray) -> np.ndarray:
         """λ (units ω_0) → [−1, 1] (the inverse of Eq. 14's rescaling)."""

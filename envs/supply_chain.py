@@ -147,6 +147,15 @@ class SupplyChainEnv(gym.Env):
     """
 
     metadata = {"render_modes": []}
+    #: The episode's figures of merit, as the training loop records them: name → (``info`` key,
+    #: reduction over the episode's steps: mean, final, max, min or sum).
+    episode_figures: dict[str, tuple[str, str]] = {
+        "mean_fidelity": ("fidelity", "mean"), "final_fidelity": ("fidelity", "final"),
+        "max_fidelity": ("fidelity", "max"), "security": ("security", "final"),
+        "co2_total": ("co2_total", "final"), "unmet": ("unmet", "sum")}
+    #: The two figures in the run store's headline columns, and the per-step figure kept with the best episode.
+    headline_figures: tuple[str, str] = ("mean_fidelity", "final_fidelity")
+    trajectory_figure: str = "fidelity"
 
     def __init__(self, n_spins: int = 3, coupling: float = 1.0, field_strength: float = 5.0,
                  noise_level: float = 0.05, continuous: bool = False,

@@ -82,6 +82,16 @@ def _sac(**kw: Any) -> Any:
     return SACConfig(**kw)
 
 
+def _sac_table(**kw: Any) -> Any:
+    from qhil.agents.sac_config import SACConfig
+    return SACConfig.from_dict(kw)
+
+
+def _reward_weight(**kw: Any) -> Any:
+    from qhil.envs.charging import RewardWeight
+    return RewardWeight.from_options(**kw)
+
+
 def _ppo(**kw: Any) -> Any:
     from qhil.agents.ppo import PPOConfig
     return PPOConfig(**kw)
@@ -118,9 +128,9 @@ def _runspec(**kw: Any) -> Any:
 
 
 def _grape(**kw: Any) -> Any:
-    from qhil.agents.chain_control import grape
+    from qhil.agents.chain_control import grape_xy_chain
     from qhil.envs import XYChain
-    return grape(**({"model": XYChain(n_spins=2), "n_steps": 2, "dt": 0.3, "maxiter": 2} | kw))
+    return grape_xy_chain(**({"model": XYChain(n_spins=2), "n_steps": 2, "dt": 0.3, "maxiter": 2} | kw))
 
 
 def _mpc(**kw: Any) -> Any:
@@ -181,8 +191,11 @@ CASES: list[tuple[Callable[..., Any], str, st.SearchStrategy]] = [
     (_sac, "polyak", bad_float(0.0, 1.0)),
     (_sac, "alpha_init", bad_float(0.0, 1e6, lo_open=True)),
     (_sac, "entropy_decay", bad_float(0.0, 1e27, lo_open=True)),
-    (_sac, "w_mean", NON_FINITE),
-    (_sac, "w_width", bad_float(0.0, 1e27, lo_open=True)),
+    (_sac_table, "w_mean", NON_FINITE.filter(lambda x: x is not None)),   # an older table: the env's weight
+    (_sac_table, "w_width", bad_float(0.0, 1e30, lo_open=True).filter(lambda x: x is not None)),
+    (_reward_weight, "weight", bad_float(0.0, 1.0).filter(lambda x: x is not None)),
+    (_reward_weight, "w_mean", NON_FINITE.filter(lambda x: x is not None)),
+    (_reward_weight, "w_width", bad_float(0.0, 1e30, lo_open=True).filter(lambda x: x is not None)),
     (_sac, "total_steps", bad_int(1, 10**12)),
     (_sac, "reference_steps", bad_int(1, 10**12)),
     (_sac, "batch_size", bad_int(1, 180_000)),

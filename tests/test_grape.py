@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from qhil.agents.grape import ChargingProblem, grape, verify
+from qhil.agents.grape import ChargingProblem, grape_dicke_battery, verify
 from qhil.drivers import Experiment, MeasurementSchedule, create_backend
 from qhil.envs import ENV1, DickeBattery
 
@@ -33,7 +33,7 @@ def test_gradient_matches_finite_differences(n_steps, rng):
 
 def test_grape_beats_every_random_protocol_and_verifies():
     battery = DickeBattery(omegas=(0.9, 1.2), n_max=24)
-    res = grape(battery, n_steps=10, dt=0.5, n_starts=2, seed=0, maxiter=150)
+    res = grape_dicke_battery(battery, n_steps=10, dt=0.5, n_starts=2, seed=0, maxiter=150)
     assert np.all(np.abs(res.protocol) <= 0.3)
     assert res.verified == pytest.approx(res.ergotropy, abs=1e-9)
     rng = np.random.default_rng(1)
@@ -48,6 +48,6 @@ def test_grape_beats_every_random_protocol_and_verifies():
 @pytest.mark.slow
 def test_grape_reaches_the_issue_yardstick_on_env1():
     battery = DickeBattery(omegas=ENV1)
-    res = grape(battery, n_starts=6, seed=0)
+    res = grape_dicke_battery(battery, n_starts=6, seed=0)
     assert res.ergotropy >= 4.26
     assert verify(battery, res.protocol, 0.2) == pytest.approx(res.ergotropy, abs=1e-9)

@@ -27,9 +27,9 @@ EPISODE = 28
 
 def make_agent(total_steps: int):
     """A small SAC on Env1 (energies regime): the same in the child and here."""
-    env = make_charging_env("env1", "energies")
+    env = make_charging_env("env1", "energies", w_mean=300, w_width=150)      # the env owns the weight
     cfg = SACConfig(hidden=(32, 32), batch_size=32, total_steps=total_steps, learning_starts=2 * EPISODE,
-                    buffer_size=4000, w_mean=300, w_width=150, entropy_decay=600, seed=2, precision="fp32")
+                    buffer_size=4000, entropy_decay=600, seed=2, precision="fp32")
     return SAC(env.obs_dim, env.action_low, env.action_high, cfg), env
 
 
@@ -185,7 +185,8 @@ def test_truncate_semantics(tmp_path):
     store.log_episodes("r", rows, {"ergotropy": 3.0, "episode": 7, "protocol": [0.2], "trajectory": [0.0, 3.0]})
     store.truncate("r", 5, {"ergotropy": 3.0, "episode": 3, "protocol": [0.1], "trajectory": [0.0, 3.0]})
     assert store.episodes("r")["episode"] == list(range(6))
-    assert store.best("r") == {"ergotropy": 3.0, "episode": 3, "protocol": [0.1], "trajectory": [0.0, 3.0]}
+    assert store.best("r") == {"objective": 3.0, "ergotropy": 3.0, "episode": 3, "protocol": [0.1],
+                               "trajectory": [0.0, 3.0]}
     # a checkpoint from before ``best_episode`` was kept: the first kept episode with its value
     store.truncate("r", 4, {"ergotropy": 2.0, "episode": None, "protocol": [0.3], "trajectory": [0.0, 2.0]})
     assert store.best("r")["episode"] == 2 and store.best("r")["protocol"] == [0.3]

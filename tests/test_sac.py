@@ -82,28 +82,28 @@ def test_polyak_and_temperature_move_the_right_way():
             rng.normal(size=(100, 8)), np.zeros(100))
     t0 = [p.clone() for p in agent.q1_targ.parameters()]
     alpha0 = agent.alpha
-    agent.update(buf.sample(16, rng, agent.reward_weights(0)), 0)
+    agent.update(buf.sample(16, rng, np.array([1.0, 0.0], np.float32)), 0)
     for p, pt, p0 in zip(agent.q1.parameters(), agent.q1_targ.parameters(), t0):
         torch.testing.assert_close(pt, 0.9 * p0 + 0.1 * p)
     assert agent.alpha > alpha0                  # entropy below target → α grows (Eq. 18)
 
 
 def test_reward_weights_are_applied_when_a_batch_is_sampled():
-    """Stored [ΔE, Δℰ] are combined with the weights of the step at which a batch is drawn."""
+    """Stored [ΔE, Δℰ] are combined with the env's weights of the step at which a batch is drawn."""
     buf = ReplayBuffer(10, 3, 1, 2)
     terms = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 3.0]])
     buf.add(np.zeros((3, 3)), np.zeros((3, 1)), terms, np.zeros((3, 3)), np.zeros(3))
-    agent = small_agent(obs_dim=3, w_mean=100, w_width=10)
+    env = make_charging_env("env1", "energies", w_mean=100, w_width=10)     # the env owns the weight
     for step in (0, 100, 200, 10_000):
-        w = agent.reward_weights(step)
+        w = env.reward_weights(step)
         assert w[0] == pytest.approx(1 / (1 + np.exp(min((step - 100) / 10, 700))), rel=1e-6, abs=1e-30)
         assert w.sum() == pytest.approx(1.0)
         batch = buf.sample(50, np.random.default_rng(step), w)
         drawn = np.random.default_rng(step).integers(0, 3, 50)     # the rows the buffer drew
         np.testing.assert_allclose(batch["rewards"], terms[drawn] @ w, rtol=1e-6)
     # the same stored transitions: energy early, ergotropy late
-    early = buf.sample(200, np.random.default_rng(0), agent.reward_weights(0))["rewards"]
-    late = buf.sample(200, np.random.default_rng(0), agent.reward_weights(10_000))["rewards"]
+    early = buf.sample(200, np.random.default_rng(0), env.reward_weights(0))["rewards"]
+    late = buf.sample(200, np.random.default_rng(0), env.reward_weights(10_000))["rewards"]
     drawn = np.random.default_rng(0).integers(0, 3, 200)
     np.testing.assert_allclose(early, terms[drawn, 0], atol=1e-4)
     np.testing.assert_allclose(late, terms[drawn, 1], atol=1e-6)
@@ -122,11 +122,15 @@ def test_replay_ring_wraps_and_round_trips():
 
 def _short_config(total, seed=0, **kw):
     return SACConfig(hidden=(64, 64), batch_size=64, total_steps=total, learning_starts=280,
-                     buffer_size=500, w_mean=300, w_width=150, entropy_decay=600, seed=seed, **kw)
+                     buffer_size=500, entropy_decay=600, seed=seed, **kw)
+
+
+#: The reward weight of the short runs (Eq. 12, in env steps): the env's.
+SHORT_WEIGHT = dict(w_mean=300, w_width=150)
 
 
 def test_sac_learns_to_charge_better_than_random(tmp_path):
-    env = make_charging_env("env1", "full_state")
+    env = make_charging_env("env1", "full_state", **SHORT_WEIGHT)
     cfg = _short_config(1680, seed=3)
     agent = SAC(env.obs_dim, env.action_low, env.action_high, cfg)
     state = train_off_policy(agent, env, store=RunStore(tmp_path / "r.sqlite"), run="learn", progress=False)
@@ -144,7 +148,7 @@ def test_sac_learns_to_charge_better_than_random(tmp_path):
 
 def test_resume_from_checkpoint_reproduces_the_run(tmp_path):
     def run(total, store, ckpt):
-        env = make_charging_env("env1", "energies")
+        env = make_charging_env("env1", "energies", **SHORT_WEIGHT)
         agent = SAC(env.obs_dim, env.action_low, env.action_high, _short_config(total, seed=1))
         train_off_policy(agent, env, store=store, run="r", checkpoint=ckpt, checkpoint_every=2, progress=False)
         return agent
@@ -159,9 +163,13 @@ def test_resume_from_checkpoint_reproduces_the_run(tmp_path):
     np.testing.assert_allclose(a["ret"], b["ret"], atol=1e-12)
     for p, q in zip(straight.actor.parameters(), resumed.actor.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
-    env = make_charging_env("env1", "energies")                 # other settings: refused, not mixed
+    env = make_charging_env("env1", "energies", **SHORT_WEIGHT)  # other settings: refused, not mixed
     agent = SAC(env.obs_dim, env.action_low, env.action_high, _short_config(560, seed=1, gamma=0.9))
     with pytest.raises(ValueError, match="other settings"):
+        train_off_policy(agent, env, checkpoint=tmp_path / "b.pt", progress=False)
+    env = make_charging_env("env1", "energies", weight=0.0)      # another reward weight: refused too
+    agent = SAC(env.obs_dim, env.action_low, env.action_high, _short_config(560, seed=1))
+    with pytest.raises(ValueError, match="reward weight"):
         train_off_policy(agent, env, checkpoint=tmp_path / "b.pt", progress=False)
 
 
@@ -201,8 +209,8 @@ def test_config_from_file_and_scaling(tmp_path):
     cfg = SACConfig.from_file(f, lr=3e-4)
     assert cfg.hidden == (128, 64) and cfg.gamma == 0.99 and cfg.lr == 3e-4 and cfg.batch_size == 256
     s = cfg.scaled()
-    assert s.w_mean == pytest.approx(20_000) and s.w_width == pytest.approx(10_000)
-    assert s.scaled().w_mean == pytest.approx(20_000)           # idempotent
+    assert cfg.schedule_scale == pytest.approx(0.5) and s.entropy_decay == pytest.approx(15_000)
+    assert s.scaled().entropy_decay == pytest.approx(15_000) and s.schedule_scale == 1.0   # idempotent
     assert cfg.target_entropy(0) == pytest.approx(0.72) and cfg.target_entropy(10**9) == pytest.approx(-3.0)
     with pytest.raises(ValueError, match="unknown"):
         SACConfig.from_dict({"hiden": [1]})
@@ -237,7 +245,8 @@ def test_train_command_writes_a_labelled_summary_and_resumes(tmp_path):
     assert main(argv) == 0
     s = json.loads((tmp_path / "s.json").read_text())
     assert (s["run"], s["steps"], s["episodes"], s["seed"]) == ("env2/energies/seed4", 84, 3, 4)
-    assert s["config"]["sac"]["hidden"] == [8, 8] and s["config"]["sac"]["w_mean"] == pytest.approx(40_000 * 84 / 1e5)
+    assert s["config"]["sac"]["hidden"] == [8, 8] and "w_mean" not in s["config"]["sac"]
+    assert s["config"]["reward_weight"]["w_mean"] == pytest.approx(40_000 * 84 / 1e5)
     store = RunStore(tmp_path / "runs.sqlite")
     assert store.status("env2/energies/seed4") == "done"
     assert max(store.episodes("env2/energies/seed4")["ergotropy"]) == pytest.approx(s["best_explored"]["ergotropy"])

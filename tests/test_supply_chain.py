@@ -7,7 +7,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from qhil.agents.chain_control import (GrapePolicy, MPCPolicy, RandomPolicy, estimate_state,
-                                       fidelity_objective, fidelity_trajectory, grape, rollout)
+                                       fidelity_objective, fidelity_trajectory, grape_xy_chain, rollout)
 from qhil.drivers import Capabilities, MeasurementSchedule, ValidationError, create_backend
 from qhil.drivers.backend import Backend
 from qhil.envs import XYChain
@@ -273,7 +273,7 @@ def test_grape_beats_random():
         > np.mean([rollout(disc, rd, seed=s).mean_fidelity for s in range(3)]) + 0.2
     # the transfer with time to spare (1.5 × π/√2) from random starting fields
     for seed in range(2):
-        res = grape(env.model, 15, env.dt, objective="final", bounds=(-5, 5), seed=seed, maxiter=100)
+        res = grape_xy_chain(env.model, 15, env.dt, objective="final", bounds=(-5, 5), seed=seed, maxiter=100)
         assert res.fidelities[-1] > 1 - 1e-6 and res.fidelities[0] < 1e-12
 
 
