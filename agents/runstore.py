@@ -7,8 +7,9 @@
 
 Every episode's return, its two headline figures (battery: terminal energy and ergotropy;
 supply chain: mean and final fidelity) and its best-so-far objective are kept, any further
-named figures of the episode in ``episode_figures`` (JSON); the best protocol (and its
-per-step figure) too. A process killed in
+named figures of the episode in ``episode_figures`` (JSON); the best protocol (its
+``objective`` value and per-step figure) too; per round of episodes the update statistics
+(losses, α, entropy, Q values; ``update_metrics``, :meth:`RunStore.updates`). A process killed in
 the middle of a write leaves the database at the last committed episode (SQLite's atomic
 commit); several processes may write to one file (WAL, busy timeout).
 """
@@ -31,9 +32,15 @@ CREATE TABLE IF NOT EXISTS episodes (
 CREATE TABLE IF NOT EXISTS episode_figures (
     run TEXT NOT NULL, episode INTEGER NOT NULL, figures TEXT NOT NULL, PRIMARY KEY (run, episode));
 CREATE TABLE IF NOT EXISTS best (
-    run TEXT PRIMARY KEY, ergotropy REAL NOT NULL, episode INTEGER NOT NULL,
+    run TEXT PRIMARY KEY, objective REAL NOT NULL, episode INTEGER NOT NULL,
     protocol TEXT NOT NULL, trajectory TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS update_metrics (
+    run TEXT NOT NULL, episode INTEGER NOT NULL, step INTEGER NOT NULL, updates INTEGER NOT NULL,
+    metrics TEXT NOT NULL, wall REAL NOT NULL, PRIMARY KEY (run, episode));
 """
+#: The ``best`` table's objective column was called ``ergotropy`` before stores held other
+#: objectives (a supply-chain return): such stores are migrated when opened.
+_LEGACY_BEST_COLUMN = "ergotropy"
 
 
 class RunStore:
@@ -48,6 +55,9 @@ class RunStore:
         with self._tx():
             for stmt in filter(str.strip, _SCHEMA.split(";")):
                 self._db.execute(stmt)
+            cols = {r[1] for r in self._db.execute("PRAGMA table_info(best)")}
+            if _LEGACY_BEST_COLUMN in cols and "objective" not in cols:      # an older store
+                self._db.execute(f"ALTER TABLE best RENAME COLUMN {_LEGACY_BEST_COLUMN} TO objective")
 
     def _tx(self):
         db = self._db
@@ -76,7 +86,7 @@ class RunStore:
         """Drop episodes past ``after_episode`` (a resume from an older checkpoint), in one
         transaction with the best protocol.
 
-        ``best`` is the best the restored state holds (ergotropy, episode — None if unknown —,
+        ``best`` is the best the restored state holds (objective, episode — None if unknown —,
         protocol, trajectory; the checkpoint's own): it replaces the stored best row, so the store never keeps a best
         the state does not have (one found after the checkpoint) nor loses the one it has (an
         older best overwritten by a later one). ``None`` (no best yet): the stored row is
@@ -85,11 +95,12 @@ class RunStore:
         with self._tx():
             self._db.execute("DELETE FROM episodes WHERE run=? AND episode>?", (run, after_episode))
             self._db.execute("DELETE FROM episode_figures WHERE run=? AND episode>?", (run, after_episode))
+            self._db.execute("DELETE FROM update_metrics WHERE run=? AND episode>?", (run, after_episode))
             if best is not None:
                 if best.get("episode") is None:      # not known (an old checkpoint): the first kept
                     row = self._db.execute(           # episode with that figure, else the last kept
                         "SELECT MIN(episode) FROM episodes WHERE run=? AND episode<=? AND ergotropy=?",
-                        (run, after_episode, float(best["ergotropy"]))).fetchone()
+                        (run, after_episode, _objective(best))).fetchone()
                     best = {**best, "episode": row[0] if row and row[0] is not None else max(after_episode, 0)}
                 self._write_best(run, best)
                 return
@@ -99,7 +110,7 @@ class RunStore:
 
     def _write_best(self, run: str, best: dict[str, Any]) -> None:
         self._db.execute("INSERT OR REPLACE INTO best VALUES (?, ?, ?, ?, ?)",
-                         (run, float(best["ergotropy"]), int(best["episode"]),
+                         (run, _objective(best), int(best["episode"]),
                           json.dumps(list(map(float, best["protocol"]))),
                           json.dumps(list(map(float, best["trajectory"])))))
 
@@ -131,41 +142,41 @@ class RunStore:
                 self._write_best(run, best)
             self._db.execute("UPDATE runs SET updated=? WHERE run=?", (now, run))
 
+    def log_updates(self, run: str, episode: int, step: int, updates: int, metrics: dict[str, float]) -> None:
+        """Record one round's update statistics (losses, α, entropy, Q values …, as the agent
+        reports them; their means over the round), keyed by the round's last ``episode``, with
+        the environment ``step`` and the number of ``updates`` so far."""
+        with self._tx():
+            self._db.execute("INSERT OR REPLACE INTO update_metrics VALUES (?, ?, ?, ?, ?, ?)",
+                             (run, int(episode), int(step), int(updates),
+                              json.dumps({k: float(v) for k, v in metrics.items()}, sort_keys=True), time.time()))
+
     def finish_run(self, run: str, summary: dict[str, Any]) -> None:
         with self._tx():
             self._db.execute("UPDATE runs SET status='done', summary=?, updated=? WHERE run=?",
                              (json.dumps(summary, sort_keys=True), time.time(), run))
 
-    # -- reading ---------------------------------------------------------------------
-    def runs(self) -> dict[str, dict[str, Any]]:
-        out = {}
-        for run, cfg, status, summary in self._db.execute("SELECT run, config, status, summary FROM runs"):
-            out[run] = {"config": json.loads(cfg), "status": status,
-                        "summary": json.loads(summary) if summary else None}
-        return out
-
-    def status(self, run: str) -> str | None:
-        row = self._db.execute("SELECT status FROM runs WHERE run=?", (run,)).fetchone()
-        return row[0] if row else None
-
-    def episodes(self, run: str) -> dict[str, list[float]]:
-        """Columns episode, step, ret, energy, ergotropy, best, weight (ordered by episode)."""
-        cols = ("episode", "step", "ret", "energy", "ergotropy", "best", "weight")
-        rows = self._db.execute(f"SELECT {', '.join(cols)} FROM episodes WHERE run=? ORDER BY episode",
-                                (run,)).fetchall()
-        return {c: [r[i] for r in rows] for i, c in enumerate(cols)}
-
-    def figures(self, run: str) -> dict[str, list[float]]:
-        """Columns of the named figures logged with ``run``'s episodes (ordered by episode)."""
-        got = self._db.execute("SELECT figures FROM episode_figures WHERE run=? ORDER BY episode", (run,)).fetchall()
-        figs = [json.loads(g[0]) for g in got]
-        keys = sorted({k for f in figs for k in f})
-        return {k: [f.get(k, float("nan")) for f in figs] for k in keys}
+    def updates(self, run: str) -> dict[str, list[float]]:
+        """Columns episode, step, updates and one per statistic (NaN where a round lacks it),
+        one row per round of episodes that updated (ordered by episode)."""
+        got = self._db.execute("SELECT episode, step, updates, metrics FROM update_metrics WHERE run=? "
+                               "ORDER BY episode", (run,)).fetchall()
+        rows = [json.loads(g[3]) for g in got]
+        keys = sorted({k for r in rows for k in r})
+        return {"episode": [g[0] for g in got], "step": [g[1] for g in got], "updates": [g[2] for g in got],
+                **{k: [r.get(k, float("nan")) for r in rows] for k in keys}}
 
     def best(self, run: str) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT ergotropy, episode, protocol, trajectory FROM best WHERE run=?",
+        """The best episode: ``objective`` (terminal ergotropy, or the return), episode,
+        protocol, trajectory; ``ergotropy`` repeats ``objective`` for older readers."""
+        row = self._db.execute("SELECT objective, episode, protocol, trajectory FROM best WHERE run=?",
                                (run,)).fetchone()
         if row is None:
             return None
-        return {"ergotropy": row[0], "episode": row[1], "protocol": json.loads(row[2]),
+        return {"objective": row[0], "ergotropy": row[0], "episode": row[1], "protocol": json.loads(row[2]),
                 "trajectory": json.loads(row[3])}
+
+
+def _objective(best: dict[str, Any]) -> float:
+    """A best row's objective (``objective``; ``ergotropy`` in rows written before)."""
+    return float(best["objective"] if "objective" in best else best[_LEGACY_BEST_COLUMN])
