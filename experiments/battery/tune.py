@@ -24,9 +24,9 @@ through the one runner (:func:`compare_specs`). Ray is needed only for :func:`tu
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,12 +47,13 @@ REGIMES = ("full_state", "energies", "first_order", "second_order")
 
 @dataclasses.dataclass(frozen=True)
 class SACTrialSpec:
-    """One SAC charging run on a preset env: the defaults of :class:`SACConfig` with
-    ``total_steps``, ``learning_starts``, ``seed`` and the ``options`` (a tuple of
-    (name, value) pairs) on top. A run spec: ``execute(work_dir)`` trains (resuming its
-    checkpoint ``<work_dir>/<name>.pt``), evaluates the deterministic policy, records the run
-    ``name`` in ``<work_dir>/runs.sqlite`` and returns its summary (``best_explored`` and
-    ``deterministic`` terminal ergotropies, units of ω_0)."""
+    """One SAC charging run on a preset env — a ``qhil train`` run
+    (:class:`~qhil.experiments.battery.training.ChargingRunSpec`) with the defaults of
+    :class:`SACConfig` and ``total_steps``, ``learning_starts``, ``seed`` and the ``options``
+    (a tuple of (name, value) pairs) on top. A run spec: ``execute(work_dir)`` trains (resuming
+    its checkpoint), evaluates, records the run ``name`` in ``<work_dir>/runs.sqlite`` and
+    returns the summary the run store holds (``best_explored`` and ``deterministic`` terminal
+    ergotropies, units of ω_0; steps, episodes, …)."""
 
     name: str
     env: str = "env1"
@@ -73,56 +74,58 @@ class SACTrialSpec:
             raise ValidationError("regime", f"{self.regime!r}", ", ".join(REGIMES))
         if isinstance(self.report_every, bool) or not isinstance(self.report_every, int) or self.report_every < 0:
             raise ValidationError("report_every", f"{self.report_every!r}", "an integer ≥ 0 (episodes)")
-        self.sac_config()                                   # validates the SAC options
+        self.charging_spec().sac_config()                   # validates the SAC options
 
-    def sac_config(self) -> Any:
-        from qhil.agents.sac_config import SACConfig
-        return SACConfig.from_dict({"total_steps": self.total_steps, "learning_starts": self.learning_starts,
+    def charging_spec(self) -> Any:
+        """The ``qhil train`` run this trial is."""
+        from qhil.experiments.battery.training import ChargingRunSpec
+        return ChargingRunSpec(env=self.env, regime=self.regime, run=self.name, progress=False,
+                               sac={"total_steps": self.total_steps, "learning_starts": self.learning_starts,
                                     "seed": self.seed, **dict(self.options)})
 
     def execute(self, work_dir: Path, report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Train, evaluate, record; ``report(metrics)`` is called every ``report_every``
-        episodes with the best explored ergotropy so far (Ray Tune's ``tune.report``)."""
+        """Train, evaluate, record; with ``report`` (Ray Tune's ``tune.report``), a thread reads
+        the run store and reports the best explored ergotropy at every ``report_every``-th
+        episode (the value at that episode, whenever it is read)."""
         from qhil.agents.runstore import RunStore
-        from qhil.agents.sac import SAC
-        from qhil.agents.training import evaluate, train_off_policy
-        from qhil.envs import ENVIRONMENTS, ChargingVectorEnv, DickeBattery
-        from qhil.envs.charging import RewardWeight
         work_dir = Path(work_dir)
-        cfg = self.sac_config()
-        weight = RewardWeight().scaled(cfg.total_steps / cfg.reference_steps)   # Eq. (12), stretched to the run
-        cfg = cfg.scaled()
-        battery = DickeBattery(omegas=ENVIRONMENTS[self.env])
-        venv = ChargingVectorEnv(battery, regime=self.regime, reward_weight=weight)
-        agent = SAC(venv.obs_dim, venv.action_low, venv.action_high, cfg)
-        config = {"env": self.env, "regime": self.regime, "backend": "statevector", "n_envs": 1,
-                  "sac": cfg.to_dict(), "reward_weight": weight.to_dict(), "model": battery.to_dict(),
-                  "options": dict(self.options),
-                  "tau": 5.6, "n_steps": 28}
-        nxt = [self.report_every]
-
-        def stop(state: Any) -> bool:
-            if report is not None and self.report_every and state.episode >= nxt[0]:
-                nxt[0] = state.episode + self.report_every
-                report({METRIC: float(state.best), "episode": state.episode, "step": state.step})
-            return False
-
+        done = threading.Event()
+        watcher = None
+        if report is not None and self.report_every:
+            watcher = threading.Thread(target=_report_rounds, daemon=True,
+                                       args=(work_dir / "runs.sqlite", self.name, self.report_every, report, done))
+            watcher.start()
+        try:
+            self.charging_spec().execute(work_dir)
+        finally:
+            done.set()
+            if watcher is not None:
+                watcher.join()
         store = RunStore(work_dir / "runs.sqlite")
         try:
-            state = train_off_policy(agent, venv, store=store, run=self.name, config=config,
-                                     checkpoint=work_dir / (self.name.replace("/", "_") + ".pt"),
-                                     progress=False, stop=stop)
-            ev = evaluate(agent, ChargingVectorEnv(battery, regime=self.regime, weight=0.0), state)
-            summary = {"run": self.name, "env": self.env, "regime": self.regime, "seed": self.seed,
-                       "options": dict(self.options), "steps": state.step, "episodes": state.episode,
-                       "best_explored": ev["best_explored"]["ergotropy"],
-                       "deterministic": ev["deterministic"]["ergotropy"],
-                       "deterministic_protocol": ev["deterministic"]["protocol"]}
-            summary = json.loads(json.dumps(summary))          # as the run store holds it
-            store.finish_run(self.name, summary)
+            return store.runs()[self.name]["summary"]
         finally:
             store.close()
-        return summary
+
+
+def _report_rounds(db: Path, run: str, every: int, report: Callable[[dict[str, Any]], None],
+                   done: threading.Event) -> None:
+    """Report ``run``'s best-so-far at episodes every, 2 every, … as they appear in the store."""
+    from qhil.agents.runstore import RunStore
+    nxt = every
+    while True:
+        finished = done.wait(1.0)
+        if db.exists():
+            store = RunStore(db)
+            try:
+                ep = store.episodes(run)
+            finally:
+                store.close()
+            while len(ep["episode"]) >= nxt:
+                report({METRIC: float(ep["best"][nxt - 1]), "episode": nxt, "step": int(ep["step"][nxt - 1])})
+                nxt += every
+        if finished:
+            return
 
 
 @dataclasses.dataclass(frozen=True)
