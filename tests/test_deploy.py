@@ -16,7 +16,7 @@ import pytest
 from qhil.drivers import Experiment, MeasurementSchedule, ValidationError, create_backend
 from qhil.envs import DickeBattery
 from qhil.lab.cli import main
-from qhil.lab.commands.deploy import device_mismatches, load_run
+from qhil.experiments.battery.deployment import device_mismatches, load_run
 
 OMEGAS = "0.9,1.1"
 N_MAX = 8

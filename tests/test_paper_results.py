@@ -17,9 +17,9 @@ from qhil.envs import ENV1, ChargingVectorEnv, DickeBattery
 from qhil.envs.history import HistoryVectorEnv
 from qhil.envs.robust import RandomisedChargingEnv, heldout_realisations
 from qhil.lab.cli import build_parser, main
-from qhil.lab.commands.paper_results import gap_closed, mean_ci, t_reach
-from qhil.lab.commands.reproduce import Window, apply_setup, parse_windows, runs_by_cell, t_half_width
-from qhil.lab.commands.train import fixed_weight_schedule
+from qhil.experiments.battery.records import Window, parse_windows, runs_by_cell
+from qhil.experiments.stats import gap_closed, mean_ci, t_half_width, t_reach
+from qhil.lab.commands.reproduce import apply_setup
 
 
 # -- Table S1: T_0.9 ------------------------------------------------------------------------
@@ -96,8 +96,8 @@ def test_table1_windows_are_parsed_per_regime_and_checked():
     assert parse_windows("energies=28, second_order=actions:8") == {"energies": Window(28, "observations"),
                                                                      "second_order": Window(8, "actions")}
     assert parse_windows("first_order=observations:3") == {"first_order": Window(3)}
-    assert Window(8, "actions").train_flags() == ["--history", "8", "--history-of", "actions"]
-    assert Window(8).train_flags() == ["--history", "8"]
+    assert Window(8, "actions").spec_fields() == {"history": 8, "history_of": "actions"}
+    assert Window(8).spec_fields() == {"history": 8, "history_of": "observations"}
     assert Window(8, "actions").matches({"history": 8, "history_of": "actions"})
     assert not Window(8, "actions").matches({"history": 8}) and Window(8).matches({"history": 8})
     assert parse_windows("") == {}
@@ -162,17 +162,18 @@ def test_selector_keeps_the_policy_of_best_mean_not_best_env1(tmp_path):
 
 # -- Fig. S2: a fixed reward weight -----------------------------------------------------------
 @pytest.mark.parametrize("w", [0.0, 0.5, 0.25, 1.0])
-def test_fixed_weight_schedule_is_flat(w):
-    m, width = fixed_weight_schedule(w)
-    cfg = SACConfig(w_mean=m, w_width=width, total_steps=10_000).scaled()
+def test_fixed_reward_weight_is_flat(w):
+    from qhil.envs.charging import RewardWeight
+    weight = RewardWeight.from_options(w).scaled(0.1)
     for n in (0, 5_000, 10_000, 1_000_000):
-        assert cfg.reward_weight(n) == pytest.approx(w, abs=1e-9)
-    assert SACConfig(total_steps=10_000).scaled().reward_weight(10_000) < 0.5   # the schedule is not flat
+        assert weight(n) == pytest.approx(w, abs=1e-12)
+    assert RewardWeight.from_options().scaled(0.1)(10_000) < 0.5          # the schedule is not flat
 
 
 def test_fixed_weight_rejects_out_of_range():
-    with pytest.raises(ValueError, match="weight"):
-        fixed_weight_schedule(1.5)
+    from qhil.envs.charging import RewardWeight
+    with pytest.raises(ValueError, match="w"):
+        RewardWeight.from_options(1.5)
 
 
 # -- domain randomisation ---------------------------------------------------------------------
@@ -312,17 +313,27 @@ def test_gap_closed():
 
 
 # -- reports from recorded runs (no training) ---------------------------------------------
-def _fake_summary(path, report):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"steps": 100, "best_explored": {"ergotropy": 1.0},
-                                "deterministic": {"ergotropy": 1.0},
-                                "selection": {"report": report, "heldout": {"test0": 1.0}}}))
+def _finished_run(work, run, report, legacy_heldout=None):
+    """A finished run in the run store; ``legacy_heldout``: recorded as before the runner (the
+    held-out scores only in ``summaries/<run>.json``)."""
+    store = RunStore(work / "runs.sqlite")
+    store.start_run(run, {"env": "env1", "regime": "second_order", "eval_envs": ["env1", "env2", "env3"]})
+    finish = {"steps": 100, "best_explored": 1.0, "deterministic": 1.0, "selection_report": report}
+    if legacy_heldout is None:
+        finish["selection_heldout"] = {"test0": 1.0}
+    else:
+        path = work / "summaries" / (run.replace("/", "_") + ".json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"selection": {"report": report, "heldout": legacy_heldout}}))
+    store.finish_run(run, finish)
+    store.close()
 
 
-def test_table2_report_from_summaries(tmp_path, capsys):
+def test_table2_report_from_the_run_store(tmp_path, capsys):
     work, out = tmp_path / "w", tmp_path / "o"
-    _fake_summary(work / "summaries" / "env1_second_order_seed0.json", {"env1": 3.0, "env2": 2.0, "env3": 2.5})
-    _fake_summary(work / "summaries" / "env1_second_order_seed1.json", {"env1": 3.2, "env2": 2.4, "env3": 2.7})
+    work.mkdir()
+    _finished_run(work, "env1/second_order/seed0", {"env1": 3.0, "env2": 2.0, "env3": 2.5})
+    _finished_run(work, "env1/second_order/seed1", {"env1": 3.2, "env2": 2.4, "env3": 2.7}, legacy_heldout={})
     assert main(["reproduce", "table2", "--report-only", "--regimes", "second_order", "--seeds", "2",
                  "--work-dir", str(work), "--out-dir", str(out)]) == 0
     rows = {r.split(",")[1]: r.split(",") for r in (out / "table2.csv").read_text().splitlines()[1:]}
@@ -367,9 +378,9 @@ def test_reproduce_robust_end_to_end(tmp_path):
     assert main(["reproduce", "robust", "--seeds", "1", "--total-steps", "120", "--jobs", "1",
                  "--eval-random", "2", "--test-random", "2", "--eval-every", "2", "--work-dir", str(tmp_path / "w"),
                  "--out-dir", str(out), "--train-args=--learning-starts 60 --hidden 16,16 --batch-size 16"]) == 0
-    s = json.loads(next((tmp_path / "w" / "summaries").glob("*dr0.5-1.5*")).read_text())
-    assert set(s["selection"]["selected"]["ergotropy"]) == {"val0", "val1"}    # selected on validation only
-    assert set(s["selection"]["heldout"]) == {"test0", "test1"}
+    [s] = [r["summary"] for n, r in RunStore(tmp_path / "w" / "runs.sqlite").runs().items() if "dr0.5-1.5" in n]
+    assert set(s["selection_report"]) >= {"env1", "env2", "env3", "heldout_mean"}
+    assert set(s["selection_heldout"]) == {"test0", "test1"}
     assert (out / "robust.csv").exists()
 
 
@@ -379,11 +390,8 @@ def test_table1_counts_and_resumes_only_runs_with_the_set_ups_memory(tmp_path):
     work, out = tmp_path / "w", tmp_path / "o"
     store = RunStore(work / "runs.sqlite")
     store.start_run("env1/second_order/seed0", {"env": "env1", "regime": "second_order", "history": 28})
+    store.finish_run("env1/second_order/seed0", {"best_explored": 3.9, "deterministic": 3.8})
     store.close()
-    summary = {"best_explored": {"ergotropy": 3.9}, "deterministic": {"ergotropy": 3.8},
-               "config": {"env": "env1", "regime": "second_order", "history": 28}}
-    (work / "summaries").mkdir()
-    (work / "summaries" / "env1_second_order_seed0.json").write_text(json.dumps(summary))
     batched = ["reproduce", "table1", "--setup", "batched", "--envs", "env1", "--regimes", "second_order",
                "--seeds", "1", "--work-dir", str(work), "--out-dir", str(out), "--grape-dir", str(tmp_path)]
     with pytest.raises(SystemExit, match="another --windows memory.*env1/second_order/seed0"):

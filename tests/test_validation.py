@@ -186,41 +186,32 @@ def test_unusable_output_folder_is_refused_before_work(tmp_path, capsys):
     assert not (tmp_path / "w").exists()
 
 
-def test_run_jobs_refuses_zero_jobs(tmp_path):
-    import argparse
-
-    from qhil.lab.commands.reproduce import run_jobs
-    with raises("--jobs", "[1, 64]"):
-        run_jobs([("a", [])], argparse.Namespace(jobs=0, what="table1"), tmp_path)
-
-
-class _FailedProcess:
-    """Stands in for a `qhil train` process that exits 1 at once."""
-
-    def __init__(self, *a, **k):
-        self.returncode = 1
-
-    def poll(self):
-        return 1
+def test_reproduce_refuses_zero_jobs(tmp_path, capsys):
+    rc, err = _cli(["reproduce", "table1", "--jobs", "0", "--work-dir", str(tmp_path / "w"),
+                    "--out-dir", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "--jobs" in err
+    assert not (tmp_path / "w").exists()
 
 
 def test_reproduce_exits_1_without_a_nan_table_when_every_run_failed(tmp_path, capsys, monkeypatch):
-    import subprocess
+    from qhil.agents.runstore import RunStore
+    from qhil.experiments.battery import reproduce
+    from qhil.experiments.battery.training import ChargingRunSpec
 
-    from qhil.lab.commands import reproduce
-    monkeypatch.setattr(reproduce.subprocess, "Popen", _FailedProcess)
-    monkeypatch.setattr(reproduce.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1))
-    monkeypatch.setattr(reproduce.time, "sleep", lambda s: None)
-    argv = ["reproduce", "table1", "--envs", "env1", "--regimes", "energies", "--seeds", "2",
+    def boom(self, work_dir):
+        raise RuntimeError("training diverged")
+    monkeypatch.setattr(ChargingRunSpec, "execute", boom)
+    monkeypatch.setattr(reproduce, "ensure_grape", lambda env, grape_dir: None)
+    argv = ["reproduce", "table1", "--envs", "env1", "--regimes", "energies", "--seeds", "2", "--jobs", "1",
             "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")]
     rc, err = _cli(argv, capsys)
     assert rc == 1 and "all 2 run(s) failed" in err
     assert not (tmp_path / "o" / "table1.csv").exists()
     # one run finished before, one fails now: the table of the finished one, still exit 1
-    summary = {"best_explored": {"ergotropy": 3.9}, "deterministic": {"ergotropy": 3.8},
-               "config": {"env": "env1", "regime": "energies"}}
-    (tmp_path / "w" / "summaries").mkdir(parents=True)
-    (tmp_path / "w" / "summaries" / "env1_energies_seed0.json").write_text(__import__("json").dumps(summary))
+    store = RunStore(tmp_path / "w" / "runs.sqlite")
+    store.start_run("env1/energies/seed0", {"env": "env1", "regime": "energies"})
+    store.finish_run("env1/energies/seed0", {"best_explored": 3.9, "deterministic": 3.8})
+    store.close()
     rc, err = _cli(argv, capsys)
     assert rc == 1 and "1 of 2 run(s) failed" in err
     assert "3.9" in (tmp_path / "o" / "table1.csv").read_text()
