@@ -977,12 +977,12 @@ class LabServer:
                             f"message limit {self.max_message_bytes} (16 bytes each)", "labels")
             _check_labels(labels, n)
         if b.get("schedule") is not None:
-            _check_schedule(json.dumps(b["schedule"], sort_keys=True))
+            _check_schedule(_CANONICAL(b["schedule"]))     # (one encoder for the process)
         seed = b.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise error("bad_request", "seed must be a non-negative integer or null", "seed")
         h = hashlib.sha256(_CANONICAL(b).encode())
-        h.update(raw.tobytes())
+        h.update(raw.data if raw.flags.c_contiguous else raw.tobytes())    # (the same bytes, no copy)
         return _Job(id=msg.id, digest=h.hexdigest(), body=b, controls=u, steps=steps,
                     settings=tuple(settings), shots=shots, received=time.time(), client=None,
                     estimate=None)

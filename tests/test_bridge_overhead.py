@@ -124,3 +124,20 @@ def test_long_or_queued_jobs_go_through_the_poll(tmp_path):
     finally:
         srv.close()
 
+
+
+def test_request_frames_are_the_encoded_request():
+    """The client's run request, with its cached static JSON, is byte for byte wire.encode of
+    the message (owner or not, shots or exact, several steps)."""
+    from qhil.drivers.bridge.client import ZmqBackend
+    for sched in (SCHED, MeasurementSchedule("second_order", shots=None),
+                  MeasurementSchedule(("XX", "ZI"), every=1, shots=3)):
+        for owner in (None, "alice"):
+            b = ZmqBackend("zmq://127.0.0.1:5555", seed=0, owner=owner)
+            try:
+                for seed in (0, 2**32 - 1):
+                    msg, frames = b._request_frames(Experiment(MODEL, CONTROLS, 0.2, sched), seed)
+                    assert [bytes(f) for f in frames] == [bytes(f) for f in wire.encode(msg)]
+                    assert wire.decode([bytes(f) for f in frames]).body == msg.body
+            finally:
+                b.close()

@@ -188,7 +188,8 @@ class ZmqBackend(Backend):
         self._info: dict[str, Any] | None = None
         self._chans: tuple[dict[str, Any], dict[str, Any]] | None = None
         self._hello: dict[str, Any] | None = None
-        self._static: dict[tuple, dict[str, Any]] = {}
+        self._static: dict[tuple, tuple[dict[str, Any], str]] = {}
+        self._checked: tuple[Any, dict[str, tuple[np.ndarray, np.ndarray]]] = (None, {})
         self.reconnects = 0      # sockets re-opened (Lazy Pirate), for tests and logs
 
     # -- connection -------------------------------------------------------------------
@@ -249,12 +250,14 @@ class ZmqBackend(Backend):
         attempts). Raises BridgeError (non-retryable or retries exhausted) or BridgeTimeout."""
         return self._call_many([msg], timeout)[0]
 
-    def _call_many(self, msgs: list[Message], timeout: float) -> list[tuple[Message, int]]:
+    def _call_many(self, msgs: list[Message], timeout: float,
+                   encoded: list[list] | None = None) -> list[tuple[Message, int]]:
         """Pipelined: send every request, then collect every reply (the server runs them in
         order). Lost or refused requests are re-sent with their own ids (Lazy Pirate).
         ``timeout``: the first reply deadline, seconds (moved on while the server reports
         the requests queued or running)."""
-        frames = {m.id: wire.encode(m) for m in msgs}
+        frames = ({m.id: wire.encode(m) for m in msgs} if encoded is None
+                  else {m.id: f for m, f in zip(msgs, encoded)})   # (``encoded``: the messages' frames)
         track = {m.id for m in msgs if m.type == "run"}
         attempts = {m.id: 0 for m in msgs}
         replies: dict[str, Message] = {}
@@ -503,6 +506,30 @@ class ZmqBackend(Backend):
         if e.schedule.full_state:
             raise UnsupportedError("the full state is not available on hardware (zmq driver); "
                                    "measure energies, first_order, second_order or Pauli labels")
+        # A model that passed against this describe() answer: only its controls' bounds (and
+        # the shots) are checked again, in one comparison per side (issue 16).
+        known = self._checked[1].get(e.model.key) if self._checked[0] is info else None
+        if known is None:
+            self._check_all(e, info, i)
+            if self._checked[0] is not info or len(self._checked[1]) >= 256:
+                self._checked = (info, {})
+            chans = self._chans[1]      # type: ignore[index]
+            lo, hi = [], []
+            for c in e.model.controls:
+                d = chans[c.name]
+                tol = 1e-12 * max(1.0, d["upper"] - d["lower"])
+                lo.append(d["lower"] - tol)
+                hi.append(d["upper"] + tol)
+            self._checked[1][e.model.key] = (np.array(lo), np.array(hi))
+            return
+        c = e.controls
+        if c.size and ((c < known[0]).any() or (c > known[1]).any()):
+            self._check_all(e, info, i)          # raises, naming the channel
+        if e.schedule.shots is None and not info.get("exact_expectations"):
+            raise UnsupportedError(f"experiments[{i}]: exact expectation values (shots=None) are not "
+                                   f"available on the {info.get('name')} device; give a number of shots")
+
+    def _check_all(self, e: Experiment, info: dict[str, Any], i: int) -> None:
         if self._chans is None or self._chans[0] is not info:    # per describe() answer
             self._chans = (info, {c["name"]: c for c in info["channels"]})
         chans = self._chans[1]
@@ -547,32 +574,46 @@ class ZmqBackend(Backend):
         for i, e in enumerate(batch):
             self._check(e, info, i)
         children = seeds.spawn(len(batch))
-        msgs = [self._request(e, int(s.generate_state(1, np.uint32)[0])) for e, s in zip(batch, children)]
+        reqs = [self._request_frames(e, int(s.generate_state(1, np.uint32)[0])) for e, s in zip(batch, children)]
+        msgs = [m for m, _ in reqs]
+        encoded = [f for _, f in reqs]
         t0 = time.perf_counter()
         out: list[Result] = []
         for lo in range(0, len(batch), self.pipeline):       # pipelined, a window at a time
             chunk = slice(lo, lo + self.pipeline)
             est = sum(self.estimate_seconds(e) for e in batch[chunk])
-            replies = self._call_many(msgs[chunk], self.timeout + 3.0 * est)
+            replies = self._call_many(msgs[chunk], self.timeout + 3.0 * est, encoded[chunk])
             rtt = time.perf_counter() - t0
             out += [self._result(e, m, r, a, rtt) for e, m, (r, a) in zip(batch[chunk], msgs[chunk], replies)]
         return out
 
-    def _request(self, e: Experiment, seed: int) -> Message:
+    def _request_frames(self, e: Experiment, seed: int) -> tuple[Message, list]:
+        """The run request for ``e`` and its frames (``wire.encode(message)``)."""
         n = e.model.n_qubits
-        key = (e.model.key, e.schedule)
-        if key not in self._static:        # the parts shared by every run of a model and schedule
+        key = (e.model.key, e.schedule, self.check_model, self.owner)
+        static = self._static.get(key)
+        if static is None:        # the parts shared by every run of a model and schedule, and their JSON
             if len(self._static) > 256:
                 self._static.clear()
-            self._static[key] = {"channels": [c.name for c in e.model.controls],
-                                 "settings": list(e.schedule.settings(n)), "model": e.model.to_dict(),
-                                 "match_model": self.check_model, "schedule": e.schedule.to_dict(),
-                                 "labels": list(e.schedule.labels(n))}
-        body = {"dt": e.dt, "steps": e.schedule.measured_steps(e.n_steps).tolist(), "shots": e.schedule.shots,
-                "seed": seed, **self._static[key]}
-        if self.owner is not None:
-            body["owner"] = self.owner
-        return Message("run", wire.new_id(), body, {"controls": np.asarray(e.controls, dtype=np.float64)})
+            parts = {"channels": [c.name for c in e.model.controls],
+                     "settings": list(e.schedule.settings(n)), "model": e.model.to_dict(),
+                     "match_model": self.check_model, "schedule": e.schedule.to_dict(),
+                     "labels": list(e.schedule.labels(n))}
+            if self.owner is not None:
+                parts["owner"] = self.owner
+            static = self._static[key] = (parts, wire.dumps(parts)[1:-1])
+        dynamic = {"dt": e.dt, "steps": e.schedule.measured_steps(e.n_steps).tolist(), "shots": e.schedule.shots,
+                   "seed": seed}
+        # the body's JSON is the dynamic part's and the cached static part's (the same text as
+        # dumps(body): issue 16, the static part is not encoded again for every run)
+        text = wire.dumps(dynamic)[:-1] + "," + static[1] + "}"
+        msg = Message("run", wire.new_id(), {**dynamic, **static[0]},
+                      {"controls": np.asarray(e.controls, dtype=np.float64)})
+        return msg, wire.encode_json_body("run", msg.id, text, msg.arrays)
+
+    def _request(self, e: Experiment, seed: int) -> Message:
+        """The run request for ``e`` with device seed ``seed``."""
+        return self._request_frames(e, seed)[0]
 
     def _result(self, e: Experiment, msg: Message, reply: Message, attempts: int, rtt: float) -> Result:
         n = e.model.n_qubits

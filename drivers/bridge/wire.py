@@ -151,6 +151,7 @@ def _no_constant(name: str) -> None:
 # build a new one per call, which costs more than encoding a small header.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_default)
 _DECODER = json.JSONDecoder(parse_constant=_no_constant)
+_SCAN = _DECODER.scan_once
 #: JSON text of ``o`` as headers are written (compact, no NaN/Infinity, numpy scalars allowed).
 dumps = _ENCODER.encode
 #: wire dtype name of a (native or little-endian) numpy dtype
@@ -263,7 +264,13 @@ def _load_header(raw: bytes) -> Any:
     ``bytes.count`` calls) cannot nest deeper, so only the rest is scanned (:func:`json_depth`,
     after the decoder, which stops by itself at the interpreter's recursion limit)."""
     try:
-        header = _DECODER.decode(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        try:        # the scanner itself (decode() wraps it in two regex matches)
+            header, end = _SCAN(text, 0)
+        except StopIteration:
+            end = -1
+        if end != len(text):      # leading/trailing whitespace, or not JSON: the full decoder says
+            header = _DECODER.decode(text)
     except RecursionError:
         raise error("bad_request", f"header nests arrays/objects deeper than {MAX_DEPTH} levels",
                     "header") from None
