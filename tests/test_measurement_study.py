@@ -253,3 +253,27 @@ def test_open_and_closed_loop_agree_for_a_policy_that_replays_the_protocol():
         check_perturbation("drift", 0.9)
     with pytest.raises(ValidationError, match="kind"):
         check_perturbation("heat", 0.1)
+
+
+# -- the tomography study ------------------------------------------------------------------------
+def test_tomography_study_rows_and_report(tmp_path, battery):
+    from qhil.experiments.battery.tomography import parse_steps, tomography_rows, write_report
+    rows = tomography_rows("env1", [None, 50], reps=3, steps="14", seed=2, log=False)
+    # states (GRAPE k=14, constant λ) × shots (exact, 50) × estimators (projected, linear inversion)
+    assert [(r["state"], r["shots_per_setting"], r["estimator"]) for r in rows][:4] == [
+        ("GRAPE k=14", "exact", "projected"), ("GRAPE k=14", "exact", "linear_inversion"),
+        ("GRAPE k=14", 50, "projected"), ("GRAPE k=14", 50, "linear_inversion")]
+    be = create_backend("statevector")
+    [res] = be.run([Experiment(battery, GRAPE[:14].reshape(-1, 1), 0.2, MeasurementSchedule("energies", final_only=True))])
+    exact = float(battery.ergotropy(res.qubit_density[-1]))
+    assert rows[0]["exact"] == pytest.approx(exact, abs=1e-9)
+    assert abs(rows[0]["bias"]) < 1e-9 and rows[0]["total_shots"] == 0        # exact tomography
+    assert rows[2]["std"] > 0 and rows[2]["total_shots"] == 81 * 50            # shot noise, 81 settings
+    write_report(rows, tmp_path, "env1", 3, 2)
+    md = (tmp_path / "tomography_ergotropy.md").read_text().splitlines()
+    assert md[0].startswith("# Ergotropy from local-basis tomography") and len(md) == 4 + 2 + len(rows)
+    assert len((tmp_path / "tomography_ergotropy.csv").read_text().splitlines()) == 1 + len(rows)
+    with pytest.raises(ValidationError, match="steps"):
+        parse_steps("0,5", 28)
+    with pytest.raises(ValidationError, match="reps"):
+        tomography_rows("env1", [None], reps=1, steps="14")

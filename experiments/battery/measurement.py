@@ -335,6 +335,17 @@ REPORT_COLUMNS = ["regime", "shots", "frequency", "noise", "reward", "train_step
 CSV_FLOAT = ".6g"
 
 
+def write_tables(out_dir: str | Path, stem: str, rows: list[dict[str, Any]], cols: Sequence[str], title: str,
+                 note: str) -> Path:
+    """``<out_dir>/<stem>.csv`` (every field, :data:`CSV_FLOAT`) and ``<stem>.md`` (``cols``
+    under ``title`` and ``note``) of a study; returns ``out_dir`` (created if needed)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / f"{stem}.csv", rows, CSV_FLOAT)
+    write_markdown(out / f"{stem}.md", rows, cols, title, note)
+    return out
+
+
 def scale_note(rows: list[dict]) -> str:
     """The Markdown note under the table's title: scale, statistics and cost conventions."""
     steps = sorted({r["train_steps"] for r in rows})
@@ -356,12 +367,9 @@ def write_report(work_dir: str | Path, out_dir: str | Path, echo: bool = True) -
     rows = study_rows(list(finished_runs(work_dir).values()))
     if not rows:
         return rows
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "measurement_study.csv", rows, CSV_FLOAT)
-    write_markdown(out / "measurement_study.md", rows, REPORT_COLUMNS,
-                   "Measurement-limited SAC: terminal ergotropy (exact, simulator) against measurement cost per "
-                   "episode", scale_note(rows))
+    out = write_tables(out_dir, "measurement_study", rows, REPORT_COLUMNS,
+                       "Measurement-limited SAC: terminal ergotropy (exact, simulator) against measurement cost per "
+                       "episode", scale_note(rows))
     write_pareto(rows, out / "pareto.png")
     if echo:
         print_rows(rows, REPORT_COLUMNS)

@@ -29,10 +29,11 @@ import numpy as np
 from qhil.drivers import Experiment, MeasurementSchedule, ValidationError, create_backend
 from qhil.envs import DickeBattery
 
-from ..reports import pyplot, write_csv, write_markdown
+from ..reports import pyplot
 from ..runner import LocalExecutor, failed_message, run_specs
 from ..stats import t_half_width
-from .measurement import CSV_FLOAT, MeasurementRun, StudyConfig, finished_runs, grape_protocol, load_policy, play_policy
+from .measurement import (MeasurementRun, StudyConfig, finished_runs, grape_protocol, load_policy, play_policy,
+                          write_tables)
 
 PERTURBATIONS = ("none", "shots", "depolarizing", "drift")
 #: The default grid: (kind, level).
@@ -201,19 +202,16 @@ def run_open_closed(cfg: StudyConfig, levels: Sequence[tuple[str, float]], work_
         print(f"{r['perturbation']:12} {r['level']:>8g}: open {r['open_mean']:.4f} ± {r['open_ci95']:.4f}   closed "
               f"{r['closed_mean']:.4f} ± {r['closed_ci95']:.4f}   closed − open {r['closed_minus_open']:+.4f} ± "
               f"{r['diff_ci95']:.4f}", file=sys.stderr, flush=True)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "open_closed.csv", rows, CSV_FLOAT)
-    write_markdown(out / "open_closed.md", rows, REPORT_COLUMNS,
-                   "Open loop (GRAPE) against closed loop (SAC) under perturbations: exact terminal ergotropy",
-                   f"Open loop: the GRAPE protocol of docs/results/grape_{cfg.env}.json. Closed loop: the deterministic "
-                   f"SAC policy of study configuration `{cfg.name}` (trained {summary['steps']} steps; nominal "
-                   f"evaluation {summary['eval_mean']:.4f}). {n_rep} repetitions per row, mean ± 95% Student-t; the "
-                   "difference is paired (same drift draws). shots: the policy's observations per setting (the open "
-                   "loop measures nothing); depolarizing: Aer channel, probability per step and qubit; drift: ω_j → "
-                   "ω_j(1 + level·ξ_j), ξ_j ~ N(0,1) per repetition, ergotropy of the drifted battery. `oracle_gain`: "
-                   "GRAPE re-optimised on the drifted battery (its ω_j known) minus the nominal GRAPE protocol, paired, "
-                   "on the first `n_oracle` draws: the most that any feedback or recalibration could add.")
+    note = (f"Open loop: the GRAPE protocol of docs/results/grape_{cfg.env}.json. Closed loop: the deterministic "
+            f"SAC policy of study configuration `{cfg.name}` (trained {summary['steps']} steps; nominal "
+            f"evaluation {summary['eval_mean']:.4f}). {n_rep} repetitions per row, mean ± 95% Student-t; the "
+            "difference is paired (same drift draws). shots: the policy's observations per setting (the open "
+            "loop measures nothing); depolarizing: Aer channel, probability per step and qubit; drift: ω_j → "
+            "ω_j(1 + level·ξ_j), ξ_j ~ N(0,1) per repetition, ergotropy of the drifted battery. `oracle_gain`: "
+            "GRAPE re-optimised on the drifted battery (its ω_j known) minus the nominal GRAPE protocol, paired, "
+            "on the first `n_oracle` draws: the most that any feedback or recalibration could add.")
+    out = write_tables(out_dir, "open_closed", rows, REPORT_COLUMNS,
+                       "Open loop (GRAPE) against closed loop (SAC) under perturbations: exact terminal ergotropy", note)
     plot(rows, out / "open_closed.png")
     return rows
 

@@ -19,8 +19,8 @@ from qhil.drivers import ValidationError, create_backend
 from qhil.envs import DickeBattery, ENVIRONMENTS
 from qhil.envs.measurement import tomography_ergotropy_stats
 
-from ..reports import pyplot, write_csv, write_markdown
-from .measurement import CSV_FLOAT, grape_protocol
+from ..reports import pyplot
+from .measurement import grape_protocol, write_tables
 
 #: The table's columns.
 REPORT_COLUMNS = ["state", "estimator", "shots_per_setting", "exact", "mean", "bias", "std", "bias_over_stderr",
@@ -70,16 +70,14 @@ def tomography_rows(env: str, shots: Sequence[int | None], reps: int, steps: str
 
 def write_report(rows: list[dict[str, Any]], out_dir: str | Path, env: str, reps: int, seed: int) -> None:
     """``tomography_ergotropy.csv/.md/.png`` under ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "tomography_ergotropy.csv", rows, CSV_FLOAT)
-    write_markdown(out / "tomography_ergotropy.md", rows, REPORT_COLUMNS,
-                   "Ergotropy from local-basis tomography of the 4 qubits (81 settings): bias and spread",
-                   f"{reps} independent tomographies per row (statevector simulator, {env}), seed {seed}. "
-                   "`projected`: linear inversion then projection onto the physical states (qhil.drivers.tomography); "
-                   "`linear_inversion`: ρ_LI itself (may be unphysical). `std`: spread of ONE estimate; "
-                   "`bias_over_stderr`: bias in units of the standard error of the mean. `total_shots`, "
-                   "`played_steps`: hardware cost of ONE estimate (81 settings × shots; × k replayed steps).")
+    out = write_tables(out_dir, "tomography_ergotropy", rows, REPORT_COLUMNS,
+                       "Ergotropy from local-basis tomography of the 4 qubits (81 settings): bias and spread",
+                       f"{reps} independent tomographies per row (statevector simulator, {env}), seed {seed}. "
+                       "`projected`: linear inversion then projection onto the physical states "
+                       "(qhil.drivers.tomography); `linear_inversion`: ρ_LI itself (may be unphysical). `std`: spread "
+                       "of ONE estimate; `bias_over_stderr`: bias in units of the standard error of the mean. "
+                       "`total_shots`, `played_steps`: hardware cost of ONE estimate (81 settings × shots; × k "
+                       "replayed steps).")
     plot(rows, out / "tomography_ergotropy.png")
 
 
