@@ -1,7 +1,7 @@
 """The runner on a real two-node Ray cluster (a head and one worker node, 1 CPU each), all on
 loopback: the test re-executes this file inside new network and PID namespaces
-(``unshare -n -p -f --mount-proc``: only ``lo`` exists, so no Ray process can bind or advertise
-another address; when the script ends the kernel ends every process it started).
+(tests/loopback.py, ``unshare -n -p -f --mount-proc``: only ``lo`` exists, so no Ray process can
+bind or advertise another address; when the script ends the kernel ends every process it started).
 
 Checks: the same tiny grid gives identical runs on the local executor and on the cluster (in
 place and shipped back); a run whose worker process is killed (SIGKILL) mid-run is retried by
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from loopback import links, refused, run_isolated
 
 RAY = Path(sys.executable).with_name("ray")
 PORT = 6399
@@ -28,14 +29,6 @@ PORT = 6399
 TINY = dict(total_steps=84, learning_starts=28, options=(("batch_size", 16), ("hidden", (16, 16))))
 #: The run whose worker is killed: long enough to be caught mid-run.
 LONG = dict(total_steps=1400, learning_starts=28, options=(("batch_size", 16), ("hidden", (16, 16))))
-
-
-def unshare_refused() -> str | None:
-    """Why ``unshare -n -p`` cannot run here, or None."""
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return "unshare or ip (util-linux, iproute2) not installed"
-    r = subprocess.run(["unshare", "-n", "-p", "-f", "--mount-proc", "true"], capture_output=True, text=True)
-    return None if r.returncode == 0 else f"unshare -n -p not permitted here (needs root): {r.stderr.strip()}"
 
 
 def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
@@ -83,9 +76,7 @@ def cluster_main(tmp: Path) -> dict:
     from qhil.experiments.battery.tune import SACTrialSpec
     from qhil.experiments.ray_executor import RayExecutor
     from qhil.experiments.runner import LocalExecutor, run_specs
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
-    report: dict = {"links": [line.split(":")[1].strip() for line in links.splitlines()]}
+    report: dict = {"links": links()}              # lo is up (tests/loopback.py)
     t0 = time.time()
     _cluster(tmp)
     report["cluster_up_s"] = time.time() - t0
@@ -127,16 +118,13 @@ def cluster_main(tmp: Path) -> dict:
 
 
 def test_two_node_ray_cluster_on_loopback(tmp_path):
-    why = unshare_refused()
+    why = refused()
     if why:
         pytest.skip(why)
     assert RAY.exists(), "Ray is missing: pip install -c constraints.txt '.[cluster]' (make test installs it)"
     short = Path(tempfile.mkdtemp(prefix="qr"))       # Ray's socket paths must stay short
     try:
-        r = subprocess.run(["unshare", "-n", "-p", "-f", "--mount-proc", sys.executable, __file__, str(short)],
-                           capture_output=True, text=True, timeout=600,
-                           env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1",
-                                "RAY_AUTH_MODE": "disabled"})       # loopback only, in a private namespace
+        r = run_isolated([sys.executable, __file__, str(short)])
     finally:
         shutil.rmtree(short, ignore_errors=True)
     lines = [line for line in r.stdout.splitlines() if line.startswith("REPORT ")]

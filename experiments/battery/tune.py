@@ -213,7 +213,7 @@ def tune_sac(setup: TuneSetup, work_dir: str | Path, address: str | None = None,
     work_dir.mkdir(parents=True, exist_ok=True)
     if not ray.is_initialized():
         if address is None:
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
         else:
             ray.init(address=address, log_to_driver=False)
     path = work_dir / "tune" / setup.name
