@@ -40,6 +40,12 @@ def _items(check: Callable[[str], Any], name: str, one: bool = False) -> Callabl
     return A.checked(parse, name)
 
 
+def _folders(p: argparse.ArgumentParser, work: bool = True) -> None:
+    if work:
+        p.add_argument("--work-dir", type=A.output_dir, default=WORK, help="run store and checkpoints")
+    p.add_argument("--out-dir", type=A.output_dir, default=OUT, help="tables and figures")
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     st = sub.add_parser("study", help="measurement-limited control studies (issue 7)").add_subparsers(
         dest="study", required=True)
@@ -63,8 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--hidden", type=A.ints(1, 65_536), default=None, help="SAC hidden sizes (default 512,256)")
     m.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=None,
                    help="SAC update precision (auto: bf16 only where the CPU runs it natively and faster)")
-    m.add_argument("--work-dir", type=A.output_dir, default=WORK)
-    m.add_argument("--out-dir", type=A.output_dir, default=OUT)
+    _folders(m)
     m.add_argument("--report-only", action="store_true", help="only the table/figure of finished runs")
     add_executor_options(m, jobs=1)
     m.set_defaults(func=run_measurement)
@@ -75,7 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--steps", type=A.ints(1, 10_000, joined=True), default="7,14,21,28",
                    help="GRAPE protocol prefixes k (states after k steps)")
     t.add_argument("--seed", type=A.seed, default=0)
-    t.add_argument("--out-dir", type=A.output_dir, default=OUT)
+    _folders(t, work=False)
     t.set_defaults(func=run_tomography)
     o = st.add_parser("open-closed", help="GRAPE (open loop) vs a trained SAC policy (closed loop)")
     o.add_argument("--policy-regime", type=_items(regime, "regime", one=True), default="second_order")
@@ -89,8 +94,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--reps", type=A.int_in(2, 100_000), default=32)
     o.add_argument("--oracle", type=A.int_in(0, 1000), default=5,
                    help="drift rows: re-optimise GRAPE on this many drifted batteries (ω known; ~15 s each)")
-    o.add_argument("--work-dir", type=A.output_dir, default=WORK)
-    o.add_argument("--out-dir", type=A.output_dir, default=OUT)
+    _folders(o)
     o.set_defaults(func=run_open_closed)
 
 
@@ -110,8 +114,8 @@ def run_measurement(args: argparse.Namespace) -> int:
 
 
 def run_tomography(args: argparse.Namespace) -> int:
-    rows = T.tomography_rows(args.env, args.shots, args.reps, args.steps, args.seed)
-    T.write_report(rows, args.out_dir, args.env, args.reps, args.seed)
+    T.write_report(T.tomography_rows(args.env, args.shots, args.reps, args.steps, args.seed), args.out_dir,
+                   args.env, args.reps, args.seed)
     return 0
 
 
