@@ -82,3 +82,20 @@ def test_rounds_and_comparison_specs():
                                        "compare/search/default/seed2", "compare/search/tuned/seed2"]
     assert all(x.total_steps == 3000 and x.learning_starts == s.learning_starts for x in specs)
     assert specs[0].charging_spec().sac_config().lr == 1e-3 and specs[1].charging_spec().sac_config().lr == 3e-4
+
+
+def test_resume_with_other_options_refused(tmp_path, capsys):
+    """A search resumed with other options is refused (naming them) before Ray starts."""
+    import dataclasses
+    import json
+
+    from qhil.lab.cli import main
+    setup = TuneSetup(num_samples=2, total_steps=84, learning_starts=28)
+    (tmp_path / "tune" / "search").mkdir(parents=True)
+    (tmp_path / "tune" / "search" / "qhil_setup.json").write_text(json.dumps(dataclasses.asdict(setup)))
+    rc = main(["tune", "--work-dir", str(tmp_path), "--samples", "3", "--total-steps", "84",
+               "--learning-starts", "28", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "num_samples" in err and "(2, 3)" in err, err
+    import ray
+    assert not ray.is_initialized()

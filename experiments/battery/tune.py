@@ -24,6 +24,7 @@ through the one runner (:func:`compare_specs`). Ray is needed only for :func:`tu
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import threading
@@ -211,12 +212,20 @@ def tune_sac(setup: TuneSetup, work_dir: str | Path, address: str | None = None,
     from qhil.agents.runstore import RunStore
     work_dir = Path(work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
+    path = work_dir / "tune" / setup.name
+    recorded = path / "qhil_setup.json"
+    if recorded.exists():                            # a resume must search the same thing
+        before = json.loads(recorded.read_text())
+        now = json.loads(json.dumps(dataclasses.asdict(setup)))
+        changed = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
+        if changed:
+            raise ValidationError(", ".join(changed), f"search {setup.name!r} in {work_dir} was started with "
+                                  f"(recorded, now) {changed}", "the recorded options, or another --name")
     if not ray.is_initialized():
         if address is None:
             ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
         else:
             ray.init(address=address, log_to_driver=False)
-    path = work_dir / "tune" / setup.name
     trainable = tune.with_resources(tune.with_parameters(_trainable, setup=setup, work_dir=str(work_dir)),
                                     {"cpu": 1})
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -233,6 +242,9 @@ def tune_sac(setup: TuneSetup, work_dir: str | Path, address: str | None = None,
                                         reduction_factor=setup.reduction_factor)),
             run_config=tune.RunConfig(name=setup.name, storage_path=str(work_dir / "tune"),
                                       verbose=1 if progress else 0))
+    if not recorded.exists():
+        path.mkdir(parents=True, exist_ok=True)
+        recorded.write_text(json.dumps(dataclasses.asdict(setup), indent=1))
     grid = tuner.fit()
     rows = []
     store = RunStore(work_dir / "runs.sqlite")
@@ -247,7 +259,7 @@ def tune_sac(setup: TuneSetup, work_dir: str | Path, address: str | None = None,
                    "deterministic": m.get("deterministic"), "steps": m.get("step"),
                    "stopped": not m.get("finished", False), "error": str(res.error) if res.error else None}
             rows.append(row)
-            if run in recorded and recorded[run]["status"] != "done":
+            if run in recorded and recorded[run]["status"] != "done" and not row["error"]:   # stopped by ASHA
                 store.finish_run(run, row)
     finally:
         store.close()
