@@ -239,3 +239,17 @@ def test_study_measurement_exits_1_when_a_configuration_fails(tmp_path, capsys, 
                     "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")], capsys)
     assert rc == 1 and "1 of 1 configuration(s) failed" in err and "NaN reward" in err
     assert not (tmp_path / "o" / "measurement_study.csv").exists()
+
+
+def test_study_open_closed_exits_1_when_its_policy_fails_to_train(tmp_path, capsys, monkeypatch):
+    import qhil.experiments.battery.measurement as ms
+    import qhil.experiments.battery.open_closed as oc
+
+    def boom(*a, **k):
+        raise RuntimeError("NaN loss")
+    monkeypatch.setattr(ms, "run_config", boom)
+    monkeypatch.setattr(oc, "compare", lambda *a, **k: pytest.fail("compared without a trained policy"))
+    rc, err = _cli(["study", "open-closed", "--policy-regime", "energies", "--total-steps", "56", "--levels", "none:0",
+                    "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")], capsys)
+    assert rc == 1 and "did not train" in err and "NaN loss" in err
+    assert not (tmp_path / "o" / "open_closed.csv").exists()
