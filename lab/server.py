@@ -309,7 +309,9 @@ def _mark_replayed(frames: list) -> list:
 
 
 #: the request digest: SHA-256 of this canonical JSON of the body, then the controls' bytes
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+_CANONICAL = wire.json_encoder(sort_keys=True)
+#: ``json.dumps`` (its text: separators ", " and ": "), for the log's JSON columns
+_LOG_JSON = wire.json_encoder(separators=(", ", ": "))
 _RUN_FIELDS = frozenset({"dt", "channels", "steps", "settings", "shots", "model", "match_model", "schedule",
                          "labels", "seed", "owner"})
 _SETTING = re.compile(r"[XYZ]+")
@@ -340,18 +342,13 @@ def _estimate(data: np.ndarray, labels: list[str], settings: tuple[str, ...], n:
 
 
 class _Job:
-    __slots__ = ("id", "digest", "body", "controls", "steps", "settings", "shots", "received", "client",
-                 "estimate")
+    __slots__ = ("id", "digest", "body", "controls", "steps", "settings", "shots", "received", "client")
 
     def __init__(self, **kw: Any) -> None:
         for k, v in kw.items():
             setattr(self, k, v)
 
 
-#: a job the device estimates at most this long (s) is waited for by the socket thread, at
-#: most QUICK_WAIT_S (s), right after it is queued on an idle worker (see _await_quick_job)
-QUICK_JOB_S = 0.0005
-QUICK_WAIT_S = 0.002
 #: the smallest and largest ``max_message_bytes`` a server accepts
 MIN_MESSAGE_BYTES = 64 << 10
 MAX_MESSAGE_LIMIT = 1 << 30
@@ -471,13 +468,6 @@ class LabServer:
         self._digests: dict[str, str] = {}          # digests of queued and running requests
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()   # C-level put/get: a cheaper hand-off
         self._outbox: deque = deque()                # finished jobs, worker → socket thread
-        # the quick-job hand-back (see _await_quick_job): a flag under a lock, and a lock
-        # held until the worker releases it
-        self._fast_lock = threading.Lock()
-        self._fast_waiting = False
-        self._fast_done = threading.Lock()
-        self._fast_done.acquire()
-        self.quick_replies = 0                       # replies sent by that path (tests, benchmarks)
         self._stop = threading.Event()
         self._rng = np.random.default_rng()
         self.executed = 0
@@ -688,28 +678,7 @@ class LabServer:
         self._waiters[msg.id] = [ident]
         self._submitted += 1
         self._queued_seq[msg.id] = self._submitted
-        idle = self._running is None and self._jobs.empty()
-        job.estimate = self._estimate(job)
         self._jobs.put(job)
-        if idle and job.estimate <= QUICK_JOB_S:
-            self._await_quick_job()
-
-    def _await_quick_job(self) -> None:
-        """After queuing a short job (estimated ≤ :data:`QUICK_JOB_S`) on an idle worker: wait
-        for it on a lock, at most :data:`QUICK_WAIT_S`, and send its reply at once, instead of
-        polling again and being woken through the inproc socket (issue 16: a hand-off less).
-        Messages (heartbeats too) wait at most QUICK_WAIT_S meanwhile; a job that takes
-        longer is delivered as any other (the worker wakes the poll)."""
-        with self._fast_lock:
-            self._fast_waiting = True
-        got = self._fast_done.acquire(timeout=QUICK_WAIT_S)
-        with self._fast_lock:
-            if not got and not self._fast_waiting:    # released just after the timeout
-                self._fast_done.acquire()
-            self._fast_waiting = False
-        while self._outbox:
-            self.quick_replies += 1
-            self._deliver(*self._outbox.popleft())
 
     def _deliver_finished(self) -> None:
         """Send the replies of finished jobs: the worker appends (id, ok, digest, frames) to
@@ -754,8 +723,7 @@ class LabServer:
     def _started(self, job: _Job) -> None:
         """Worker: ``job`` starts now (for pongs: its start and estimated duration)."""
         self._started_seq = self._queued_seq.pop(job.id, self._started_seq + 1)
-        est = job.estimate if job.estimate is not None else self._estimate(job)
-        self._running = (job.id, time.time(), time.monotonic(), est)
+        self._running = (job.id, time.time(), time.monotonic(), self._estimate(job))
 
     def _estimate(self, job: _Job) -> float:
         """The device's estimate of ``job``'s duration, seconds, from :meth:`PulseDevice.timing`
@@ -984,8 +952,7 @@ class LabServer:
         h = hashlib.sha256(_CANONICAL(b).encode())
         h.update(raw.data if raw.flags.c_contiguous else raw.tobytes())    # (the same bytes, no copy)
         return _Job(id=msg.id, digest=h.hexdigest(), body=b, controls=u, steps=steps,
-                    settings=tuple(settings), shots=shots, received=time.time(), client=None,
-                    estimate=None)
+                    settings=tuple(settings), shots=shots, received=time.time(), client=None)
 
     # -- worker thread ------------------------------------------------------------------
     def _work(self) -> None:
@@ -1007,12 +974,7 @@ class LabServer:
                         job.id, error("internal", f"{type(exc).__name__}: {exc}"))))
                 self._running = None
                 self._outbox.append(done)
-                with self._fast_lock:             # the socket thread waits for it: release it
-                    fast, self._fast_waiting = self._fast_waiting, False
-                    if fast:
-                        self._fast_done.release()
-                if not fast:
-                    out.send(b"", copy=True)      # wake the socket thread (it polls)
+                out.send(b"", copy=True)          # wake the socket thread
         finally:
             out.close(linger=0)
 
@@ -1052,12 +1014,13 @@ class LabServer:
             results = _estimate(data, labels, job.settings, dev.n_qubits, job.shots is None)
         n_circ = len(job.steps) * len(job.settings)
         reps = job.shots or 1
-        reply = {"device": dev.name, "steps": job.steps.tolist(), "settings": list(job.settings),
+        steps = job.body["steps"]           # (the validated list of ints that job.steps holds)
+        reply = {"device": dev.name, "steps": list(steps), "settings": list(job.settings),
                  "shots": job.shots, "calibration": calibration, "replayed": False,
                  "received_at": job.received, "started_at": started, "finished_at": finished,
                  "device_s": finished - started,
                  "replay": {"prepares": n_circ * reps,
-                            "played_steps": int(job.steps.sum()) * len(job.settings) * reps,
+                            "played_steps": sum(steps) * len(job.settings) * reps,
                             "circuits": n_circ}}
         try:        # the reply's JSON, written once for the log and the wire
             reply_json: str | None = wire.dumps(reply)
@@ -1067,9 +1030,9 @@ class LabServer:
         experiment = {k: v for k, v in body.items() if k != "model"}
         experiment["controls"] = job.controls.tolist()
         row = (job.id, job.digest, job.client, job.received, started, finished, dev.name,
-               json.dumps(body.get("model")), json.dumps(experiment), json.dumps(list(job.settings)),
-               data.tobytes(), "float64" if job.shots is None else "int64", json.dumps(list(data.shape)),
-               json.dumps(results), json.dumps(calibration), reply_json or json.dumps(reply))
+               _LOG_JSON(body.get("model")), _LOG_JSON(experiment), _LOG_JSON(job.settings),
+               data.tobytes(), "float64" if job.shots is None else "int64", _LOG_JSON(data.shape),
+               _LOG_JSON(results), _LOG_JSON(calibration), reply_json or _LOG_JSON(reply))
         try:
             self.runs.append(row)
         except Exception as exc:   # the device ran: reply (and keep the reply by id) anyway
