@@ -123,7 +123,7 @@ class RayExecutor:
                     last = time.time()
                     free = ray.available_resources().get("CPU", 0.0)
                     total = ray.cluster_resources().get("CPU", 0.0)
-                    self.log(f"ray: {len(items) - len(refs)} of {len(items)} runs returned, {len(refs)} in flight; "
+                    self.log(f"ray: {len(items) - len(refs)} of {len(items)} runs returned, {len(refs)} running or queued; "
                              f"cluster CPUs free {free:g} of {total:g}")
                 for ref in done:
                     i = refs.pop(ref)

@@ -92,7 +92,9 @@ def cluster_main(tmp: Path) -> dict:
     grid = [SACTrialSpec(name=f"grid/seed{s}", seed=s, **TINY) for s in range(3)]
     quiet = dict(progress=False, log=lambda s: None)
     out = {}
-    for label, executor in (("local", LocalExecutor(2)), ("ray", RayExecutor(address=f"127.0.0.1:{PORT}")),
+    beats: list[str] = []
+    for label, executor in (("local", LocalExecutor(2)),
+                            ("ray", RayExecutor(address=f"127.0.0.1:{PORT}", heartbeat_s=1, log=beats.append)),
                             ("ray_shipped", RayExecutor(address=f"127.0.0.1:{PORT}", ship="always"))):
         t = time.time()
         got = run_specs(grid, tmp / label, executor, **quiet)
@@ -101,6 +103,7 @@ def cluster_main(tmp: Path) -> dict:
                                                                 "deterministic_protocol", "steps")}
                                     if o.summary else o.error for o in got]}
     report["grids"] = out
+    report["heartbeats"] = beats[:3]
     # the killed worker: its run is retried by Ray and finishes
     long = SACTrialSpec(name="long/seed0", seed=0, **LONG)
     killed: dict = {}
@@ -140,6 +143,7 @@ def test_two_node_ray_cluster_on_loopback(tmp_path):
     assert g["ray"]["summaries"] == g["local"]["summaries"]          # same seeds, same runs
     assert g["ray_shipped"]["summaries"] == g["local"]["summaries"]
     assert g["local"]["summaries"][0] != g["local"]["summaries"][1]
+    assert rep["heartbeats"] and "running or queued; cluster CPUs free" in rep["heartbeats"][0]     # Ray-side progress
     k = rep["kill"]
     assert k["killed"].get("pid"), "the run was never caught running"
     assert k["status"] == "done" and k["steps"] == LONG["total_steps"], k

@@ -191,3 +191,13 @@ def test_specs_are_frozen_and_picklable():
     assert pickle.loads(pickle.dumps(s)) == s
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.seed = 3                                                    # type: ignore[misc]
+
+
+def test_ray_missing_named_with_the_extra(monkeypatch):
+    import sys
+
+    from qhil.drivers import QhilError
+    from qhil.experiments.ray_executor import RayExecutor
+    monkeypatch.setitem(sys.modules, "ray", None)             # as if the extra were not installed
+    with pytest.raises(QhilError, match=r"qhil\[cluster\]"):
+        RayExecutor().connect()
