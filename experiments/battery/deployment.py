@@ -28,6 +28,7 @@ import numpy as np
 from qhil.drivers import Backend
 
 from ..reports import pyplot
+from ..simulate import json_default  # noqa: F401  (the summary document's JSON)
 from .training import checkpoint_path, evaluation_env
 
 #: what ``allow_mismatch`` may let through
@@ -605,12 +606,3 @@ def plot_deployment(doc: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def json_default(o: Any) -> Any:
-    """JSON for numpy arrays and scalars (the summary document)."""
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    raise TypeError(type(o).__name__)

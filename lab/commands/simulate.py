@@ -5,7 +5,7 @@
 
 Its options and JSON keys (model, backend, dt, n_steps, controls, steps, times, energies,
 energy, ergotropy | fidelity, observables{regime, labels, values, stderr}, cost, metadata)
-are a stable interface.
+are a stable interface (the work: :mod:`qhil.experiments.simulate`).
 """
 from __future__ import annotations
 
@@ -58,14 +58,6 @@ def _controls(text: str) -> list:
     return out
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    raise TypeError(type(o).__name__)
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("simulate", help="run one protocol on a backend and print the result")
     add_model_options(s, kinds=("dicke", "xy_chain"))
@@ -91,45 +83,14 @@ def _model(args: argparse.Namespace):
     return XYChain(n_spins=args.n_spins, coupling=args.coupling, field_bound=args.field_bound)
 
 
-def simulate(args: argparse.Namespace) -> dict[str, Any]:
-    """Run ``qhil simulate``; return the JSON document."""
-    from qhil.drivers import Experiment, MeasurementSchedule, create_backend
-    from qhil.drivers.schedule import OBSERVATION_SETS
-    model, provenance = model_from_args(args)
-    regime = args.regime if args.regime in OBSERVATION_SETS else tuple(x for x in args.regime.split(",") if x)
-    schedule = MeasurementSchedule(regime, every=args.every, shots=args.shots)
-    if model.kind == "dicke" and not schedule.full_state:   # energies E_j are always reported
-        labels = schedule.labels(model.n_qubits)
-        missing = tuple(z for z in (f"Z{j}" for j in range(model.n_qubits)) if z not in labels)
-        if missing:
-            schedule = MeasurementSchedule(labels + missing, every=args.every, shots=args.shots)
-    experiment = Experiment(model, args.controls, args.dt, schedule)
-    with create_backend(args.backend, seed=args.seed) as backend:
-        result = backend.run(experiment)[0]
-    figures = model.figures_of_merit(result)
-    doc = {"model": model.to_dict(), "backend": args.backend, "dt": experiment.dt,
-           "n_steps": experiment.n_steps, "controls": experiment.controls.tolist(),
-           "steps": result.steps, "times": result.times, **figures,
-           "observables": {"regime": args.regime, "labels": list(result.labels),
-                           "values": result.values, "stderr": result.stderr},
-           "cost": result.metadata.get("cost"),
-           "metadata": {k: v for k, v in result.metadata.items() if k not in ("cost", "model")}}
-    if model.kind == "dicke" and args.regime == "tomography":
-        from qhil.envs.state_estimate import estimate_ergotropy
-        est = estimate_ergotropy(model, result, seed=args.seed if args.seed is not None else 0)
-        doc["ergotropy_tomography"] = est.to_dict()      # from the measured counts alone
-    if provenance.get("source") == "endpoint":
-        doc["model_provenance"] = provenance
-    if result.state is not None:
-        doc["state"] = np.stack([result.state.real, result.state.imag], -1)
-    return doc
-
-
 def cmd_simulate(args: argparse.Namespace) -> int:
-    doc = simulate(args)
+    from qhil.experiments.simulate import SimulateSpec, json_default, simulate
+    model, provenance = model_from_args(args)
+    doc = simulate(SimulateSpec(model, args.controls, args.dt, args.backend, args.regime, args.every, args.shots,
+                                args.seed, provenance))
     if args.json:
         try:
-            sys.stdout.write(json.dumps(doc, default=_json_default) + "\n")
+            sys.stdout.write(json.dumps(doc, default=json_default) + "\n")
             sys.stdout.flush()
         except BrokenPipeError:     # e.g. piped into `head`
             sys.stderr.close()
