@@ -124,7 +124,7 @@ class DQN(SeededAgent):
         self.eps = max(self.cfg.eps_min, self.eps * self.cfg.eps_decay)
 
     def observe(self, obs: np.ndarray, actions: np.ndarray, terms: np.ndarray, next_obs: np.ndarray,
-                dones: np.ndarray, step: int) -> dict[str, float]:
+                dones: np.ndarray, step: int, weights: np.ndarray | None = None) -> dict[str, float]:
         """The training loop's hook after each (vector) step: decay ε once per environment."""
         for _ in range(len(obs)):
             self.end_step()

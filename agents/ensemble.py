@@ -159,17 +159,19 @@ class Ensemble:
         return self.dqn.update(batch, step) | {"omega": self.omega}
 
     def observe(self, obs: np.ndarray, actions: np.ndarray, terms: np.ndarray, next_obs: np.ndarray,
-                dones: np.ndarray, step: int) -> dict[str, float]:
+                dones: np.ndarray, step: int, weights: np.ndarray | None = None) -> dict[str, float]:
         """After each step: ε decay, PPO's rollout (behaviour = π_ens), the credit of this step's
-        reward to the agent that chose it, and at an episode's end the new ω_dqn."""
+        reward (``terms · weights``: the env's, as the loop gives them; default the agent's) to
+        the agent that chose it, and at an episode's end the new ω_dqn."""
         a = np.asarray(actions).reshape(-1).astype(int)
         if self._chosen is None:                      # warm-up: the behaviour was uniform
             behaviour = np.full(len(a), -math.log(self.n_actions))
         else:
             behaviour = np.log(self.probs(obs)[np.arange(len(a)), a] + 1e-12)
         self.dqn.observe(obs, actions, terms, next_obs, dones, step)
-        stats = self.ppo.observe(obs, actions, terms, next_obs, dones, step, behaviour_logp=behaviour) or {}
-        r = np.asarray(terms, float) @ self.reward_weights(step)
+        stats = self.ppo.observe(obs, actions, terms, next_obs, dones, step, behaviour_logp=behaviour,
+                                 weights=weights) or {}
+        r = np.asarray(terms, float) @ (self.reward_weights(step) if weights is None else weights)
         for i in range(len(a) if self._chosen is not None else 0):
             k = "dqn" if self._chosen[i] else "ppo"
             self._sums[k][0] += float(r[i])

@@ -154,8 +154,11 @@ class PPO(SeededAgent):
 
     # -- the rollout -----------------------------------------------------------------
     def observe(self, obs: np.ndarray, actions: np.ndarray, terms: np.ndarray, next_obs: np.ndarray,
-                dones: np.ndarray, step: int, behaviour_logp: np.ndarray | None = None) -> dict[str, float] | None:
-        """Store one step (n_envs = 1); update when the rollout is full.
+                dones: np.ndarray, step: int, behaviour_logp: np.ndarray | None = None,
+                weights: np.ndarray | None = None) -> dict[str, float] | None:
+        """Store one step (n_envs = 1); update when the rollout is full. The reward is
+        ``terms · weights``: the env's weights as the training loop gives them (default: those
+        the agent was built with).
 
         ``behaviour_logp``: log-probability of the actions under the policy that chose them
         (default: π_θ itself, i.e. plain PPO)."""
@@ -167,7 +170,8 @@ class PPO(SeededAgent):
         self.buf["obs"].append(np.asarray(obs, np.float32)[0])
         self.buf["act"].append(int(a[0]))
         self.buf["logp"].append(float(np.reshape(behaviour_logp, -1)[0]))
-        self.buf["rew"].append(float(np.asarray(terms, np.float32)[0] @ self.reward_weights(step)))
+        w = self.reward_weights(step) if weights is None else weights
+        self.buf["rew"].append(float(np.asarray(terms, np.float32)[0] @ w))
         self.buf["done"].append(float(np.reshape(dones, -1)[0]))
         self.buf["value"].append(float(self.value(obs)[0]))
         if len(self.buf["obs"]) >= self.cfg.rollout:

@@ -14,8 +14,9 @@ instead of probing attributes; :func:`check_agent` refuses an object that is no
   agents such as PPO learn here). :class:`OnPolicyAgent` = Agent + Observer.
 * :class:`EpisodeAware` — ``begin_episode()`` (Bootstrapped DQN draws its head).
 * :class:`RewardWeighted` — ``reward_weights(step)``: the weights of ``info["reward_terms"]``.
-  The env owns them (the charging env's w of Eq. 11); seed 004's agents still carry their
-  fixed (α1, α2, α3).
+  The env owns them (the charging env's w of Eq. 11, the supply chain's α of Eq. 45); the loop
+  gives them to the replay buffer and to ``observe``. (Seed 004's agents keep the weights they
+  are built with only as a default for use outside the loop.)
 * :class:`ReportsPrecision`, :class:`MixtureAgent` — what a run records when the agent has it
   (the precision chosen; the ensemble's ω_dqn).
 """
@@ -65,7 +66,9 @@ class Observer(Protocol):
     """Told of every environment step; may return statistics (e.g. of an on-policy update)."""
 
     def observe(self, obs: np.ndarray, actions: np.ndarray, terms: np.ndarray, next_obs: np.ndarray,
-                dones: np.ndarray, step: int) -> dict[str, float] | None: ...
+                dones: np.ndarray, step: int, weights: np.ndarray | None = None) -> dict[str, float] | None:
+        """``weights``: the env's weights of ``terms`` at ``step`` (the reward is terms · weights)."""
+        ...
 
 
 @runtime_checkable

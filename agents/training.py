@@ -28,8 +28,8 @@ An agent plugs in through the protocols of :mod:`qhil.agents.protocols` (checked
 ``cfg.batch_size``, ``buffer_size``, ``learning_starts``, ``updates_per_step``; an
 :class:`Observer` is told of every step (on-policy agents learn there); an
 :class:`EpisodeAware` agent hears ``begin_episode()``. The weights of ``info["reward_terms"]``
-are the env's (the charging env's w of Eq. 11; :class:`RewardWeighted`), else the agent's
-(seed 004's fixed α). The figures recorded are those the env declares (charging:
+are the env's (the charging env's w of Eq. 11, the supply chain's α of Eq. 45;
+:class:`RewardWeighted`), else the agent's; the loop gives them to ``observe`` too. The figures recorded are those the env declares (charging:
 ``figures``/``objective``; gymnasium envs: ``episode_figures``, or ``info["figures"]``).
 
 Per round of episodes the loop also records the updates' statistics (losses, α, entropy, Q
@@ -256,6 +256,9 @@ class GymEpisodes:
 
     def __init__(self, env: Any, seed: int = 0) -> None:
         self.env, self.seed = env, int(seed)
+        base = env.unwrapped if isinstance(env, gym.Env) else env
+        if isinstance(base, RewardWeighted):         # the env owns the weights of its reward terms
+            self.reward_weights = base.reward_weights
         self.n_envs, self.obs_dim = 1, int(np.prod(env.observation_space.shape))
         self.episode_steps = int(getattr(env, "max_steps", 0)) or None
         self.n_step = 0
@@ -445,7 +448,9 @@ def train(agent: Any, env: Any, *, store: RunStore | None = None, run: str = "ru
             ret += reward
             state.step += n_envs
             if observe is not None:                  # ε decay; on-policy rollouts and updates
-                seen = observe(obs, act, info["reward_terms"], next_obs, done | trunc, state.step)
+                seen = observe(obs, act, info["reward_terms"], next_obs, done | trunc, state.step,
+                               weights=weigher.reward_weights(state.step) if isinstance(weigher, RewardWeighted)
+                               else None)
                 if seen:
                     stats.update(seen)
                     metrics.add(seen)

@@ -408,6 +408,11 @@ class SupplyChainEnv(gym.Env):
         if self._own_backend:
             self.backend.close()
 
+    def reward_weights(self, step: int | None = None) -> np.ndarray:
+        """(α1, α2, α3) of Eq. (45), float32: the weights of ``info["reward_terms"]`` (fixed: any
+        step); the env owns them, replay buffers and on-policy agents are given them."""
+        return np.asarray(self.weights, np.float32)
+
     def _info(self) -> dict[str, Any]:
         return {"fidelity": self.fidelity, "security": self.security, "emission": self.emission,
                 "co2_total": self.co2_total, "inventory": self.inventory.copy(), "t": self._t,

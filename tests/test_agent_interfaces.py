@@ -258,3 +258,22 @@ def test_an_older_store_with_an_ergotropy_best_column_is_migrated(tmp_path):
     store.log_episodes("r", [], {"ergotropy": 4.5, "episode": 9, "protocol": [0.2], "trajectory": [0.0]})
     store.close()
     assert RunStore(path).best("r")["objective"] == 4.5                     # reopened: nothing to migrate
+
+
+def test_the_supply_chains_weights_are_the_envs_for_replay_and_rollout():
+    """An agent built with other (α1, α2, α3) learns from the env's: the env owns them."""
+    from qhil.agents.ppo import PPO, PPOConfig
+    from qhil.envs import SupplyChainEnv
+    env = SupplyChainEnv(n_spins=2, max_steps=5, weights=(0.0, 0.0, 1.0))
+    D, n = int(np.prod(env.observation_space.shape)), env.action_space.n
+    ppo = PPO(D, n, PPOConfig(rollout=10, minibatches=2, total_steps=5, seed=0), reward_weights=(1.0, 1.0, 0.5))
+    adapter = GymEpisodes(env, seed=0)
+    terms: list[np.ndarray] = []
+    step = adapter.step
+    adapter.step = lambda a: (out := step(a), terms.append(out[4]["reward_terms"][0]))[0]   # type: ignore[method-assign]
+    train(ppo, adapter, progress=False)
+    np.testing.assert_allclose(ppo.buf["rew"], [float(t.astype(np.float32) @ np.float32([0, 0, 1])) for t in terms])
+    dqn = DQN(D, n, DQNConfig(hidden=(8,), batch_size=4, learning_starts=4, total_steps=5, seed=0))
+    adapter = GymEpisodes(env, seed=0)
+    assert adapter.reward_weights(0).tolist() == [0.0, 0.0, 1.0]          # what the replay buffer is given
+    train(dqn, adapter, progress=False)
