@@ -329,6 +329,66 @@ def _finished_run(work, run, report, legacy_heldout=None):
     store.close()
 
 
+def test_finished_summaries_read_the_store_then_an_old_runs_json(tmp_path):
+    """The run store says which runs are finished; a run recorded before the runner has its
+    held-out scores only in summaries/<run>.json, read as a fallback."""
+    from qhil.experiments.battery.records import finished_summaries
+    work = tmp_path / "w"
+    work.mkdir()
+    _finished_run(work, "env1/second_order/seed0", {"env1": 3.0})
+    _finished_run(work, "env1/second_order/seed1", {"env1": 3.2}, legacy_heldout={"test0": 2.5, "test1": 2.0})
+    store = RunStore(work / "runs.sqlite")
+    store.start_run("env1/second_order/seed2", {"env": "env1", "regime": "second_order"})      # unfinished
+    store.close()
+    done = finished_summaries(work)
+    assert sorted(done) == ["env1/second_order/seed0", "env1/second_order/seed1"]
+    assert done["env1/second_order/seed0"].selection_heldout == {"test0": 1.0}
+    assert done["env1/second_order/seed1"].selection_heldout == {"test0": 2.5, "test1": 2.0}
+    assert done["env1/second_order/seed1"].selection_report == {"env1": 3.2}
+
+
+def test_train_args_become_run_spec_fields():
+    """reproduce --train-args: qhil train flags, parsed by train's parser into ChargingRunSpec fields."""
+    from qhil.lab.commands.train import train_fields
+    got = train_fields(["--n-envs", "8", "--hidden", "8,8", "--history", "4", "--history-of", "actions", "--lr=0.001"])
+    assert got == {"n_envs": 8, "history": 4, "history_of": "actions", "sac": {"hidden": (8, 8), "lr": 0.001}}
+    assert train_fields([]) == {}
+    for bad, word in [(["--gamma", "2"], "gamma"), (["--bogus"], "bogus"), (["--omegas", "1,1"], "model options")]:
+        with pytest.raises(ValueError, match=word):
+            train_fields(bad)
+
+
+def test_reproduce_builds_picklable_specs_named_as_before():
+    import pickle
+
+    from qhil.experiments.battery.options import ReproduceOptions
+    from qhil.experiments.battery.reproduce import specs_for
+    opts = ReproduceOptions(what="figS2", seeds=2, weights=("scheduled", "0.5"), total_steps=300, eval_every=5,
+                            test_random=2, train_fields={"n_envs": 2, "eval_every": 7, "sac": {"hidden": (8, 8)}})
+    specs = specs_for(opts)
+    assert [s.name for s in specs] == ["env1/second_order/seed0", "env1/second_order/w0.5/seed0",
+                                       "env1/second_order/seed1", "env1/second_order/w0.5/seed1"]
+    s = specs[3]
+    assert (s.weight, s.eval_envs, s.test_random, s.n_envs, s.eval_every) == (0.5, ("env1", "env2", "env3"), 2, 2, 7)
+    cfg = s.sac_config()
+    assert (cfg.seed, cfg.total_steps, cfg.hidden) == (1, 300, (8, 8))
+    assert pickle.loads(pickle.dumps(specs)) == specs
+    robust = specs_for(dataclasses_replace(opts, what="robust", robust_history=3, omega_range=(0.5, 1.5)))
+    assert [s.name for s in robust] == ["env1/second_order/dr0.5-1.5/seed0", "env1/second_order/dr0.5-1.5/seed1",
+                                        "env1/second_order/dr0.5-1.5/hist3/seed0",
+                                        "env1/second_order/dr0.5-1.5/hist3/seed1"]
+    assert robust[2].history == 3 and robust[0].omega_range == (0.5, 1.5) and robust[0].eval_random == 8
+    table1 = specs_for(dataclasses_replace(opts, what="table1", envs=("env2",), regimes=("energies",), seeds=1,
+                                           windows="energies=actions:28"))
+    assert [(s.name, s.history, s.history_of, s.eval_envs) for s in table1] == [
+        ("env2/energies/seed0", 28, "actions", ())]
+
+
+def dataclasses_replace(obj, **kw):
+    import dataclasses
+    return dataclasses.replace(obj, **kw)
+
+
 def test_table2_report_from_the_run_store(tmp_path, capsys):
     work, out = tmp_path / "w", tmp_path / "o"
     work.mkdir()

@@ -50,6 +50,11 @@ def sac_options(opts: ReproduceOptions, seed: int) -> Any:
 def specs_for(opts: ReproduceOptions) -> list[ChargingRunSpec]:
     """The runs of a training target, in the order they start ([] for the others)."""
     fields = {k: v for k, v in opts.train_fields.items() if k != "sac"}
+    if opts.config is not None:           # an older options file's w_mean/w_width: the env's schedule
+        from qhil.agents.sac_config import SACConfig
+        legacy: dict[str, float] = {}
+        SACConfig.from_file(opts.config, legacy)
+        fields = {**legacy, **fields}
 
     def sac(seed: int) -> Any:
         return sac_options(opts, seed)
@@ -58,7 +63,7 @@ def specs_for(opts: ReproduceOptions) -> list[ChargingRunSpec]:
         return table1_specs(opts.envs, opts.regimes, opts.seeds, parse_windows(opts.windows), sac, fields)
 
     def env1(regime: str, seed: int, name: str, **extra: Any) -> ChargingRunSpec:
-        kw = {**fields, "eval_every": opts.eval_every, "test_random": opts.test_random, **extra}
+        kw = {"eval_every": opts.eval_every, "test_random": opts.test_random, **extra, **fields}   # flags: last wins
         return ChargingRunSpec(env="env1", regime=regime, sac=sac(seed), run=name, **kw)
 
     seeds = range(opts.seeds)

@@ -26,12 +26,13 @@ from .training import ChargingRunSpec
 def table1_specs(envs: Sequence[str], regimes: Sequence[str], seeds: int, windows: dict[str, Window],
                  sac: Any, fields: dict[str, Any] | None = None) -> list[ChargingRunSpec]:
     """The runs of Table 1, seed-major; ``sac(seed)`` gives each seed's SAC options and
-    ``fields`` the other spec fields every run shares (e.g. n_envs)."""
+    ``fields`` the other spec fields every run shares (e.g. n_envs; over the windows, as
+    ``--train-args`` flags came last)."""
     out = []
     for s in range(seeds):
         for e in envs:
             for r in regimes:
-                kw = {**(fields or {}), **(windows[r].spec_fields() if r in windows else {})}
+                kw = {**(windows[r].spec_fields() if r in windows else {}), **(fields or {})}
                 out.append(ChargingRunSpec(env=e, regime=r, sac=sac(s), run=table1_name(e, r, s), **kw))
     return out
 
