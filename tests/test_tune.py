@@ -3,7 +3,9 @@ network namespace with only loopback (Ray binds nothing else); the search set-up
 from __future__ import annotations
 
 import csv
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,9 +29,17 @@ def test_tiny_search_records_trials_compares_and_resumes(tmp_path):
     why = refused()
     if why:
         pytest.skip(why)
+    ray_tmp = tempfile.mkdtemp(prefix="qr")                 # Ray's session files (short socket paths)
+    try:
+        check_search_and_resume(tmp_path, {"RAY_TMPDIR": ray_tmp})
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def check_search_and_resume(tmp_path: Path, env: dict[str, str]) -> None:
     work, out = tmp_path / "work", tmp_path / "out"
     argv = [str(QHIL), "tune", "--work-dir", str(work), "--out", str(out), *TINY]
-    first = run_isolated(argv)
+    first = run_isolated(argv, env=env)
     assert first.returncode == 0, first.stderr[-4000:]
     store = RunStore(work / "runs.sqlite")
     try:
@@ -53,7 +63,7 @@ def test_tiny_search_records_trials_compares_and_resumes(tmp_path):
     assert [r["setup"] for r in summary] == ["default", "tuned"]
     assert "Best options vs the defaults" in (out / "tune_search.md").read_text()
     # the same command again: the finished search is restored, nothing is trained again
-    second = run_isolated(argv)
+    second = run_isolated(argv, env=env)
     assert second.returncode == 0, second.stderr[-4000:]
     assert "2 of 2 runs already finished" in second.stderr
     store = RunStore(work / "runs.sqlite")
