@@ -626,7 +626,7 @@ class ZmqBackend(Backend):
         if data is None or data.shape != expect or list(reply.body.get("settings", [])) != list(settings):
             raise BridgeError("bad_reply", f"malformed result for {msg.id}: expected {name} of shape "
                               f"{expect} for settings {list(settings)}")
-        if e.schedule.shots is not None and not np.all(data.sum(axis=2) == e.schedule.shots):
+        if e.schedule.shots is not None and not (data.sum(axis=2) == e.schedule.shots).all():
             raise BridgeError("bad_reply", f"result for {msg.id}: counts do not sum to the shots")
         values, stderr = estimate_from_counts(data, labels, settings, n)
         if e.schedule.shots is None:

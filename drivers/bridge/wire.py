@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -116,8 +116,9 @@ def error(code: str, message: str, parameter: str | None = None,
 
 
 def new_id() -> str:
-    """A fresh request id (32 hex characters)."""
-    return uuid.uuid4().hex
+    """A fresh request id: 32 hex characters, 128 random bits (``uuid4().hex`` has the same
+    form; this skips building the UUID object)."""
+    return os.urandom(16).hex()
 
 
 @dataclass
