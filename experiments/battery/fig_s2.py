@@ -16,6 +16,17 @@ if TYPE_CHECKING:
     from .options import ReproduceOptions
 
 
+def save_training_curves(plt: Any, fig: Any, ax: Any, title: str, path: Path) -> None:
+    """Label the axes of EMA training curves (terminal ergotropy per episode), save, close."""
+    ax.set_xlabel("episode")
+    ax.set_ylabel("terminal ergotropy in training (EMA γ = 0.9)")
+    ax.set_title(title, fontsize=7)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def report_figS2(opts: "ReproduceOptions") -> list[dict[str, Any]]:
     work, out = opts.work, Path(opts.out_dir)
     store = open_store(work)
@@ -41,13 +52,8 @@ def report_figS2(opts: "ReproduceOptions") -> list[dict[str, Any]]:
             rows.append({"weight": w, "metric": key, "mean": m, "ci_half_width": h, "n_seeds": n_})
     if store is not None:
         store.close()
-    ax.set_xlabel("episode")
-    ax.set_ylabel("terminal ergotropy in training (EMA γ = 0.9)")
-    ax.set_title(f"Fig. S2 (Env1, E_j+⟨σ⟩+⟨σσ⟩)\n{opts.scale_text()}", fontsize=7)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "figS2_reward_weight.png", dpi=120)
-    plt.close(fig)
+    save_training_curves(plt, fig, ax, f"Fig. S2 (Env1, E_j+⟨σ⟩+⟨σσ⟩)\n{opts.scale_text()}",
+                         out / "figS2_reward_weight.png")
     write_csv(out / "figS2.csv", rows)
     print("Fig. S2: reward weight, Env1, second-order observations (paper: scheduled best at late training)")
     print(opts.scale_text())

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..reports import pyplot, write_csv
 from ..stats import ema, gap_closed, mean_ci
+from .fig_s2 import save_training_curves
 from .paper import LABELS, mean_ci_text
 from .records import base_name, finished_summaries, history_name, open_store
 
@@ -50,13 +51,8 @@ def report_history(opts: "ReproduceOptions") -> list[dict[str, Any]]:
         rows.append({"observation": "gap closed", "metric": key, "mean": gap_closed(a, b, c),
                      "ci_half_width": float("nan"), "n_seeds": min(len(per[kd][key]) for kd in kinds)})
     write_csv(out / "history.csv", rows)
-    ax.set_xlabel("episode")
-    ax.set_ylabel("terminal ergotropy in training (EMA γ = 0.9)")
-    ax.set_title(f"History window K = {k} on {LABELS.get(r, r)} (Env1)\n{opts.scale_text()}", fontsize=7)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "history.png", dpi=120)
-    plt.close(fig)
+    save_training_curves(plt, fig, ax, f"History window K = {k} on {LABELS.get(r, r)} (Env1)\n{opts.scale_text()}",
+                         out / "history.png")
     print(f"History: Env1, {r} with and without the last {k} observations; full state for reference")
     print(opts.scale_text())
     for row in rows:
