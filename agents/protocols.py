@@ -29,7 +29,7 @@ import numpy as np
 from qhil.drivers import ValidationError
 
 __all__ = ["Agent", "OffPolicyAgent", "OnPolicyAgent", "Observer", "EpisodeAware", "RewardWeighted",
-           "ReportsPrecision", "MixtureAgent", "Configured", "check_agent"]
+           "ReportsPrecision", "MixtureAgent", "Configured", "DeclaresFigures", "check_agent", "figures_of"]
 
 
 @runtime_checkable
@@ -101,10 +101,30 @@ class MixtureAgent(Protocol):
 
 
 @runtime_checkable
+class DeclaresFigures(Protocol):
+    """A vector env naming its figures of merit in ``info`` (per env) and the one an episode is
+    judged by (its terminal value): the charging env's ``("energy", "ergotropy")``, ``"ergotropy"``."""
+
+    figures: tuple[str, ...]
+    objective: str
+
+
+@runtime_checkable
 class Configured(Protocol):
     """A config that serialises itself (checkpoints compare it on resume)."""
 
     def to_dict(self) -> dict[str, Any]: ...
+
+
+#: What a vector env that declares nothing is read as: the charging env's figures.
+DEFAULT_FIGURES, DEFAULT_OBJECTIVE = ("energy", "ergotropy"), "ergotropy"
+
+
+def figures_of(env: Any) -> tuple[tuple[str, ...], str]:
+    """(figures, objective) a vector env declares (:class:`DeclaresFigures`), else the defaults."""
+    if isinstance(env, DeclaresFigures):
+        return tuple(env.figures), str(env.objective)
+    return DEFAULT_FIGURES, DEFAULT_OBJECTIVE
 
 
 _AGENT = ("cfg", "rng", "act", "state_dict", "load_state_dict")

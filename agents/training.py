@@ -52,7 +52,7 @@ import torch
 from qhil.drivers import ValidationError
 
 from .protocols import (Configured, EpisodeAware, MixtureAgent, Observer, OffPolicyAgent,
-                        ReportsPrecision, RewardWeighted, check_agent)
+                        ReportsPrecision, RewardWeighted, check_agent, figures_of)
 from .replay import ReplayBuffer
 from .runstore import RunStore
 
@@ -166,8 +166,8 @@ class ChargingEpisodes:
     def __init__(self, env: Any) -> None:
         self.env = env
         self.n_envs, self.obs_dim, self.episode_steps = env.n_envs, env.obs_dim, env.n_steps
-        self.objective: str = env.objective
-        self.headline: tuple[str, ...] = tuple(env.figures)[:2]
+        figures, self.objective = figures_of(env)
+        self.headline: tuple[str, ...] = figures[:2]
 
     @property
     def best_key(self) -> str:
@@ -260,7 +260,7 @@ class GymEpisodes:
         if isinstance(base, RewardWeighted):         # the env owns the weights of its reward terms
             self.reward_weights = base.reward_weights
         self.n_envs, self.obs_dim = 1, int(np.prod(env.observation_space.shape))
-        self.episode_steps = int(getattr(env, "max_steps", 0)) or None
+        self.episode_steps = int(self._declared("max_steps") or 0) or None
         self.n_step = 0
 
     def prepare(self, agent: Any) -> None:
@@ -575,7 +575,7 @@ def deterministic_episode(agent: Any, env: Any) -> dict[str, Any]:
     """Play the policy's mean action for one episode on a (fresh) vector env with n_envs = 1:
     the terminal value of each figure the env declares (``env.figures``, by name), the
     protocol and the objective's trajectory."""
-    names, objective = tuple(env.figures), env.objective
+    names, objective = figures_of(env)
     obs, info = env.reset()
     traj = [float(info[objective][0])]
     while True:
@@ -626,5 +626,5 @@ def evaluate(agent: Any, env: Any, state: TrainState | None = None,
             out["best_explored"] = {"return": state.best, "actions": state.best_protocol}
         return out
     return {"deterministic": deterministic_episode(agent, env),
-            "best_explored": {env.objective: state.best, "protocol": state.best_protocol,
+            "best_explored": {figures_of(env)[1]: state.best, "protocol": state.best_protocol,
                               "trajectory": state.best_trajectory}}

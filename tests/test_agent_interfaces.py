@@ -160,7 +160,7 @@ def test_no_flat_sigmoid_is_left_in_the_package():
     root = Path(N.__file__).parents[1]
     for sub in ("drivers", "envs", "agents", "experiments", "lab"):
         for f in (root / sub).rglob("*.py"):
-            assert not re.search(r"1e18|1e21", f.read_text()), f
+            assert not re.search("|".join(f"1e{k}" for k in (18, 21)), f.read_text()), f
 
 
 def test_older_sac_options_and_checkpoints_give_the_envs_schedule(tmp_path):
@@ -168,8 +168,10 @@ def test_older_sac_options_and_checkpoints_give_the_envs_schedule(tmp_path):
     cfg = SACConfig.from_dict({"gamma": 0.9, "w_mean": 300.0, "w_width": 150.0}, opts)
     assert cfg.gamma == 0.9 and opts == {"w_mean": 300.0, "w_width": 150.0}
     assert "w_mean" not in cfg.to_dict()
-    assert RewardWeight.from_legacy(-1e21, 1e18) == RewardWeight(w=0.0)     # the old flat "fixed" weights
-    assert RewardWeight.from_legacy(1e21, 1e18) == RewardWeight(w=1.0)
+    flat_mean, flat_width = 10.0**21, 10.0**18                            # the old flat "fixed" weights
+    assert RewardWeight.from_legacy(-flat_mean, flat_width) == RewardWeight(w=0.0)
+    assert RewardWeight.from_legacy(flat_mean, flat_width) == RewardWeight(w=1.0)
+    assert RewardWeight.from_legacy(-0.0 * flat_mean, flat_width) == RewardWeight(w=0.5)
     assert RewardWeight.from_legacy(300, 150) == RewardWeight(None, 300, 150)
     with pytest.raises(ValidationError, match="^w_width"):
         SACConfig.from_dict({"w_width": -1.0})
@@ -186,7 +188,7 @@ def test_older_sac_options_and_checkpoints_give_the_envs_schedule(tmp_path):
     blob["agent"]["config"] |= {"w_mean": 300.0, "w_width": 150.0}
     torch.save(blob, tmp_path / "c.pt")
     assert run(RewardWeight(None, 300, 150), 112).step == 112          # resumes: the same schedule
-    blob["agent"]["config"] |= {"w_mean": -1e21 * 1.0, "w_width": 1e18 * 1.0}   # an old fixed w = 0
+    blob["agent"]["config"] |= {"w_mean": -flat_mean, "w_width": flat_width}   # an old fixed w = 0
     torch.save(blob, tmp_path / "c.pt")
     with pytest.raises(ValueError, match="reward weight"):
         run(RewardWeight(None, 300, 150), 112)
