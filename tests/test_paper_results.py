@@ -10,7 +10,6 @@ import torch
 from scipy import stats
 
 from qhil.agents.runstore import RunStore
-from qhil.agents.sac_config import SACConfig
 from qhil.agents.selection import CrossEnvSelector, select_best
 from qhil.drivers import ValidationError, create_backend
 from qhil.envs import ENV1, ChargingVectorEnv, DickeBattery

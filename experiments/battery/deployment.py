@@ -606,3 +606,31 @@ def plot_deployment(doc: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def summary_lines(doc: dict[str, Any]) -> list[str]:
+    """What a deployment did, in a few lines: measured energy beside the simulator's, the
+    tomography ergotropy, the agreement and the cost."""
+    c = doc["cost"]
+    m = doc["measured"]
+    lines = [f"deployed on {doc['endpoint']} ({doc['mode']}): {len(doc['controls'])} steps of Δt = {doc['dt']:g}"]
+    if m["steps"]:
+        e_final = np.sum(m["energies"][-1])
+        lines.append(f"  measured energy at k = {m['steps'][-1]}: {e_final:.4f} ω₀"
+                     + (f" (simulator, same protocol: {doc['prediction']['energy'][-1]:.4f})" if doc.get("prediction") else ""))
+    if doc.get("tomography"):
+        lines.append(f"  ergotropy from tomography: {doc['tomography']['text']}")
+    if doc.get("prediction"):
+        lines.append(f"  simulator's prediction for the played protocol: ℰ = {doc['prediction']['ergotropy'][-1]:.4f}")
+        a = doc["agreement"]
+        if "max_abs_energy_error" in a:
+            ratio = a["max_energy_error_over_stderr"]
+            lines.append(f"  measured E_j vs the simulator: max |ΔE_j| = {a['max_abs_energy_error']:.2e} ω₀"
+                         + (f" ({ratio:.1f} stderr)" if ratio is not None else ""))
+    if doc.get("policy_prediction"):
+        lines.append(f"  the same policy on the simulator: ℰ = {doc['policy_prediction']['ergotropy']:.4f}")
+    dev = "n/a (simulator)" if c["device_s"] is None else f"{c['device_s']:.2f} s"
+    lines.append(f"  cost: {c['experiments']} experiments, {c['settings']} settings, {c['total_shots']} shots, "
+                 f"{c['prefix_replays']} prefix replays ({c['played_steps']} steps played), device {dev}, "
+                 f"wall {c['wall_s']:.2f} s")
+    return lines

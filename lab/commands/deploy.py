@@ -5,23 +5,10 @@
     qhil deploy --protocol docs/results/grape_env1.json --endpoint zmq://…       # a GRAPE result
     qhil deploy --run runs/x --endpoint statevector --shots 1000                  # rehearse on a simulator
 
-The work is :mod:`qhil.experiments.battery.deployment`. ``--run RUN_DIR`` loads everything the run was trained with (model, regime, memory window,
-action bounds, τ, K, observation normalisation) from its run store and checkpoint. The
-device must match: a different model, channels, bounds or Δt is refused, naming the
-difference, unless ``--allow-mismatch model,channels,bounds,dt`` says otherwise.
-
-Closed loop (a run's policy, or ``--policy module:function``): at each step k the state after
-controls[:k] is measured with the run's schedule and ``--shots`` (a prefix replay on the
-device), the observation goes to the deterministic policy, and its λ_k is played next.
-Open loop (``--protocol``): the protocol runs as one experiment measured every ``--every``
-steps. Either way the final state is then measured by local tomography (``--tomography-shots``,
-3^N settings) and the ergotropy estimated with its uncertainty
-(:mod:`qhil.envs.state_estimate`).
-
-Written: a JSON summary (``--out``, else stdout) with the played protocol, the measured E_j
-per step, the tomography estimate, the simulator's prediction for the same model and the cost
-(experiments, shots, settings, prefix replays, device and wall seconds); a PNG (``--figure``);
-and every executed experiment as a JSON line (``--log``).
+The work (what a run brings, the device checks, closed and open loop, tomography, the
+JSON summary and the figure) is :mod:`qhil.experiments.battery.deployment`. The device must
+match the run: a different model, channels, bounds or Δt is refused, naming the difference,
+unless ``--allow-mismatch model,channels,bounds,dt`` says otherwise.
 """
 from __future__ import annotations
 
@@ -31,9 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
-from qhil.experiments.battery.deployment import MISMATCH_KINDS, DeploySpec, deploy, json_default, plot_deployment
+from qhil.experiments.battery.deployment import (MISMATCH_KINDS, DeploySpec, deploy, json_default,
+                                                 plot_deployment, summary_lines)
 
 from .args import backend_spec, choice_list, float_in, int_in, json_object, output_file, regime
 
@@ -101,28 +88,6 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         args.out.write_text(text + "\n")
     else:
         sys.stdout.write(text + "\n")
-    c = doc["cost"]
-    m = doc["measured"]
-    lines = [f"deployed on {doc['endpoint']} ({doc['mode']}): {len(doc['controls'])} steps of Δt = {doc['dt']:g}"]
-    if m["steps"]:
-        e_final = np.sum(m["energies"][-1])
-        lines.append(f"  measured energy at k = {m['steps'][-1]}: {e_final:.4f} ω₀"
-                     + (f" (simulator, same protocol: {doc['prediction']['energy'][-1]:.4f})" if doc.get("prediction") else ""))
-    if doc.get("tomography"):
-        lines.append(f"  ergotropy from tomography: {doc['tomography']['text']}")
-    if doc.get("prediction"):
-        lines.append(f"  simulator's prediction for the played protocol: ℰ = {doc['prediction']['ergotropy'][-1]:.4f}")
-        a = doc["agreement"]
-        if "max_abs_energy_error" in a:
-            ratio = a["max_energy_error_over_stderr"]
-            lines.append(f"  measured E_j vs the simulator: max |ΔE_j| = {a['max_abs_energy_error']:.2e} ω₀"
-                         + (f" ({ratio:.1f} stderr)" if ratio is not None else ""))
-    if doc.get("policy_prediction"):
-        lines.append(f"  the same policy on the simulator: ℰ = {doc['policy_prediction']['ergotropy']:.4f}")
-    dev = "n/a (simulator)" if c["device_s"] is None else f"{c['device_s']:.2f} s"
-    lines.append(f"  cost: {c['experiments']} experiments, {c['settings']} settings, {c['total_shots']} shots, "
-                 f"{c['prefix_replays']} prefix replays ({c['played_steps']} steps played), device {dev}, "
-                 f"wall {c['wall_s']:.2f} s")
-    lines.append(f"  log {doc['log']}, figure {figure}" + (f", summary {args.out}" if args.out else ""))
+    lines = summary_lines(doc) + [f"  log {doc['log']}, figure {figure}" + (f", summary {args.out}" if args.out else "")]
     print("\n".join(lines), file=sys.stderr)
     return 0
