@@ -71,6 +71,76 @@ def _kill_when_running(work: Path, name: str, found: dict) -> None:
             return
 
 
+def _raylet_of(pid: int) -> tuple[int, bool] | None:
+    """(pid, is the head's) of the raylet that started worker process ``pid``, or None."""
+    try:
+        ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        argv = Path(f"/proc/{ppid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return None
+    if not argv or not argv[0].endswith(b"raylet"):
+        return None
+    return ppid, b"--head" in argv
+
+
+def _kill_worker_node(work: Path, names: list[str], found: dict) -> None:
+    """SIGKILL the worker node's raylet and the worker process of a run on that node (the node
+    dies) once that run has logged 2 episodes."""
+    from qhil.agents.runstore import RunStore
+    from qhil.experiments.runner import log_path
+    deadline = time.time() + 200
+    while time.time() < deadline:
+        time.sleep(0.2)
+        for name in names:
+            log = log_path(work, name)
+            if not log.exists() or not (work / "runs.sqlite").exists():
+                continue
+            heads = [line for line in log.read_text().splitlines() if line.startswith("== ") and "(pid " in line]
+            if not heads:
+                continue
+            pid = int(heads[0].split("(pid ")[1].rstrip(")"))
+            raylet = _raylet_of(pid)
+            if raylet is None or raylet[1]:
+                continue
+            store = RunStore(work / "runs.sqlite")
+            try:
+                episodes = len(store.episodes(name)["episode"]) if store.status(name) else 0
+            finally:
+                store.close()
+            if episodes >= 2:                  # the node and its processes go, as a machine lost
+                os.kill(raylet[0], signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
+                found.update(raylet=raylet[0], worker=pid, run=name, episodes_before=episodes)
+                return
+
+
+def node_lost_main(tmp: Path) -> dict:
+    """Inside the namespaces: two long runs, one per node; the worker node is killed; both finish
+    (the lost one retried on the head) with the numbers of an uninterrupted local run."""
+    from qhil.experiments.battery.tune import SACTrialSpec
+    from qhil.experiments.ray_executor import RayExecutor
+    from qhil.experiments.runner import LocalExecutor, log_path, run_specs
+    _cluster(tmp)
+    import ray
+    ray.init(address=f"127.0.0.1:{PORT}", log_to_driver=False, configure_logging=False)
+    specs = [SACTrialSpec(name=f"long/seed{s}", seed=s, **LONG) for s in (0, 1)]
+    quiet = dict(progress=False, log=lambda s: None)
+    found: dict = {}
+    spy = threading.Thread(target=_kill_worker_node, args=(tmp / "node", [s.name for s in specs], found), daemon=True)
+    spy.start()
+    got = run_specs(specs, tmp / "node", RayExecutor(address=f"127.0.0.1:{PORT}", max_retries=3), **quiet)
+    spy.join(timeout=5)
+    alive = len([n for n in ray.nodes() if n["Alive"]])
+    ray.shutdown()
+    ref = run_specs(specs, tmp / "local", LocalExecutor(2), **quiet)
+    pick = ("best_explored", "deterministic", "deterministic_protocol", "steps")
+    return {"killed": found, "alive_after": alive, "status": [o.status for o in got], "errors": [o.error for o in got],
+            "same_as_local": [bool(o.summary and {k: o.summary[k] for k in pick} == {k: r.summary[k] for k in pick})
+                              for o, r in zip(got, ref)],
+            "starts": {s.name: sum(line.startswith("== ") for line in log_path(tmp / "node", s.name).read_text()
+                                   .splitlines()) for s in specs}}
+
+
 def cluster_main(tmp: Path) -> dict:
     """Inside the namespaces: cluster up, the grid on three executors, the kill; a JSON report."""
     from qhil.experiments.battery.tune import SACTrialSpec
@@ -150,7 +220,29 @@ def test_two_node_ray_cluster_on_loopback(tmp_path):
     assert k["starts"] == 2 and k["pids"][0] == str(k["killed"]["pid"]) and k["pids"][1] != k["pids"][0], k
 
 
-if __name__ == "__main__":           # inside the namespaces (see the test above)
+@pytest.mark.slow
+def test_worker_node_lost_its_run_retried_on_the_head():
+    """Slow variant (~2–4 min): the worker node itself dies (its raylet SIGKILLed) mid-run."""
+    why = refused()
+    if why:
+        pytest.skip(why)
+    short = Path(tempfile.mkdtemp(prefix="qr"))
+    try:
+        r = run_isolated([sys.executable, __file__, str(short), "node"], timeout=900)
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+    lines = [line for line in r.stdout.splitlines() if line.startswith("REPORT ")]
+    assert r.returncode == 0 and lines, r.stdout[-3000:] + r.stderr[-5000:]
+    rep = json.loads(lines[-1][len("REPORT "):])
+    print(json.dumps(rep))
+    assert rep["killed"].get("raylet"), "no run was caught on the worker node"
+    assert rep["alive_after"] == 1 and rep["status"] == ["done", "done"], rep
+    assert rep["starts"][rep["killed"]["run"]] == 2, rep
+    assert rep["same_as_local"] == [True, True], rep
+
+
+if __name__ == "__main__":           # inside the namespaces (see the tests above)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    print("REPORT " + json.dumps(cluster_main(Path(sys.argv[1]))), flush=True)
+    main = node_lost_main if sys.argv[2:] == ["node"] else cluster_main
+    print("REPORT " + json.dumps(main(Path(sys.argv[1]))), flush=True)
