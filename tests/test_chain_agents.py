@@ -1,6 +1,7 @@
 """Seed 004's learned agents on the supply chain: PPO (Eq. 50, GAE), the Eq. (46) ensemble,
 Bootstrapped DQN, DDPG, the shared training loop (run store, checkpoints, resume) and the sweeps."""
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -243,6 +244,7 @@ def test_sweep_runs_resumes_and_reports(tmp_path, capsys):
     assert {k: v["summary"]["wall_s"] for k, v in RunStore(work / "runs.sqlite").runs().items()} == wall
     spec = specs[1]
     assert spec.channel == "phase_flip"
+    assert pickle.loads(pickle.dumps(spec)) == spec                                  # ships to a worker
     replay = evaluate_checkpoint(spec, work)                                       # the trained policy, again
     assert replay["return"] == pytest.approx(noisy["eval_return"], abs=1e-9)
     assert evaluate_checkpoint(spec, work, weights=(0, 0, 0))["return"] == 0.0

@@ -1,6 +1,7 @@
 """Measurement-limited control (issue 7): cost accounting, held observations, the tomography
 ergotropy estimator and reward, and a tiny resumable study."""
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -193,6 +194,9 @@ def test_tiny_study_writes_csv_and_resumes(tmp_path, capsys):
     runs = finished_runs(tmp_path / "w")
     assert sorted(runs) == sorted(c.name for c in cfgs)
     wall = {k: v["wall_s"] for k, v in runs.items()}
+    from qhil.experiments.battery.measurement import measurement_runs
+    spec = measurement_runs(cfgs, 2, {"hidden": (16, 16)})[0]
+    assert pickle.loads(pickle.dumps(spec)) == spec and spec.name == cfgs[0].name    # ships to a worker
     again = run_study(cfgs, tmp_path / "w", n_eval=2, sac={"hidden": (16, 16)})
     assert [o.status for o in again] == ["skipped", "skipped"]                     # nothing redone
     assert {k: v["wall_s"] for k, v in finished_runs(tmp_path / "w").items()} == wall
