@@ -204,7 +204,7 @@ def reward_weight_for(cfg: StudyConfig) -> Any:
 def run_config(cfg: StudyConfig, work_dir: str | Path, n_eval: int = 32, sac: dict[str, Any] | None = None,
                progress: bool = False) -> dict[str, Any]:
     """Train, evaluate and record one configuration (skipped if the store has it finished).
-    Returns its summary (what :func:`load_results` reads back)."""
+    Returns its summary (what :func:`finished_runs` reads back); :class:`MeasurementRun` is its run spec."""
     from qhil.agents.runstore import RunStore
     from qhil.agents.sac import SAC
     from qhil.agents.training import train_off_policy
