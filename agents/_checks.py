@@ -1,9 +1,11 @@
 """Option checks shared by the agent configs; free of torch, so configs load without it."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from qhil.drivers import checks as check
+from qhil.drivers.backend import check_seed
 
 
 def check_network_and_replay(cfg: Any) -> None:
@@ -19,3 +21,18 @@ def check_network_and_replay(cfg: Any) -> None:
     check.finite_float("updates_per_step", cfg.updates_per_step, 0.0, 1000.0, lo_open=True)
     if hasattr(cfg, "target_update"):
         check.integer("target_update", cfg.target_update, 1, 10**9)
+
+
+class AgentConfig:
+    """Mix-in of the agent configs (dataclasses with ``hidden``, ``total_steps`` and ``seed``)."""
+
+    def _check_run(self) -> None:
+        """``total_steps`` in [1, 10^12], ``seed`` in [0, 2^63 − 1] (ValidationError naming it)."""
+        check.integer("total_steps", self.total_steps, 1, 10**12)     # type: ignore[attr-defined]
+        check_seed(self.seed)                                          # type: ignore[attr-defined]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as plain JSON values (``hidden`` a list)."""
+        d = dataclasses.asdict(self)                                   # type: ignore[call-overload]
+        d["hidden"] = list(self.hidden)                                # type: ignore[attr-defined]
+        return d

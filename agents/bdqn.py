@@ -20,7 +20,6 @@ output, updates from the first full batch, one per step, gradient norm clipped a
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -29,15 +28,14 @@ import torch
 import torch.nn.functional as F
 
 from qhil.drivers import checks as check
-from qhil.drivers.backend import check_seed
 
-from ._checks import check_network_and_replay
+from ._checks import AgentConfig, check_network_and_replay
 from .base import SeededAgent, gradient_step
 from .networks import MultiHeadQ
 
 
 @dataclass
-class BootstrappedDQNConfig:
+class BootstrappedDQNConfig(AgentConfig):
     """Bootstrapped DQN hyperparameters (Table I where it applies, else ours)."""
 
     hidden: tuple[int, ...] = (64, 64)   # ours: shared torso
@@ -61,13 +59,7 @@ class BootstrappedDQNConfig:
         check.finite_float("gamma", self.gamma, 0.0, 1.0)
         check.finite_float("lr", self.lr, 0.0, 1.0, lo_open=True)
         check.finite_float("grad_clip", self.grad_clip, 0.0, 1e6, lo_open=True)
-        check.integer("total_steps", self.total_steps, 1, 10**12)
-        check_seed(self.seed)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
+        self._check_run()
 
 
 class BootstrappedDQN(SeededAgent):

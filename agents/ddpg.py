@@ -15,7 +15,6 @@ per step.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -24,15 +23,14 @@ import torch
 import torch.nn.functional as F
 
 from qhil.drivers import checks as check
-from qhil.drivers.backend import check_seed
 
-from ._checks import check_network_and_replay
+from ._checks import AgentConfig, check_network_and_replay
 from .base import SeededAgent
 from .networks import SoftQ, mlp
 
 
 @dataclass
-class DDPGConfig:
+class DDPGConfig(AgentConfig):
     """DDPG hyperparameters (Table I where it applies, else ours)."""
 
     hidden: tuple[int, ...] = (64, 64)   # ours
@@ -53,13 +51,7 @@ class DDPGConfig:
         check.finite_float("lr", self.lr, 0.0, 1.0, lo_open=True)
         check.finite_float("tau", self.tau, 0.0, 1.0, lo_open=True)
         check.finite_float("noise", self.noise, 0.0, 10.0)
-        check.integer("total_steps", self.total_steps, 1, 10**12)
-        check_seed(self.seed)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
+        self._check_run()
 
 
 class DDPG(SeededAgent):

@@ -21,7 +21,6 @@ holds one batch; one update per environment step; gradient norm clipped at 10.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -31,15 +30,14 @@ import torch.nn.functional as F
 
 
 from qhil.drivers import checks as check
-from qhil.drivers.backend import check_seed
 
-from ._checks import check_network_and_replay
+from ._checks import AgentConfig, check_network_and_replay
 from .base import SeededAgent, gradient_step
 from .networks import mlp
 
 
 @dataclass
-class DQNConfig:
+class DQNConfig(AgentConfig):
     """Double DQN hyperparameters (Table I of seed 004 unless marked ours)."""
 
     hidden: tuple[int, ...] = (64, 64)   # ours
@@ -65,13 +63,7 @@ class DQNConfig:
         check.finite_float("eps_min", self.eps_min, 0.0, self.eps_start)
         check.finite_float("eps_decay", self.eps_decay, 0.0, 1.0, lo_open=True)
         check.finite_float("grad_clip", self.grad_clip, 0.0, 1e6, lo_open=True)
-        check.integer("total_steps", self.total_steps, 1, 10**12)
-        check_seed(self.seed)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
+        self._check_run()
 
 
 class DQN(SeededAgent):

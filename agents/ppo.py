@@ -22,7 +22,6 @@ tanh (CleanRL's PPO defaults except the rollout length, shortened for 50-step ep
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -30,13 +29,13 @@ import numpy as np
 import torch
 
 from qhil.drivers import checks as check
-from qhil.drivers.backend import check_seed
 
+from ._checks import AgentConfig
 from .base import SeededAgent, gradient_step
 from .networks import tanh_mlp
 
 @dataclass
-class PPOConfig:
+class PPOConfig(AgentConfig):
     """PPO hyperparameters (ours unless marked; the paper gives only Eq. 50)."""
 
     hidden: tuple[int, ...] = (64, 64)
@@ -70,13 +69,7 @@ class PPOConfig:
         check.finite_float("grad_clip", self.grad_clip, 0.0, 1e6, lo_open=True)
         if not isinstance(self.norm_adv, (bool, np.bool_)):
             raise check.ValidationError("norm_adv", f"{self.norm_adv!r}", "True or False")
-        check.integer("total_steps", self.total_steps, 1, 10**12)
-        check_seed(self.seed)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
+        self._check_run()
 
 
 def gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last_value: float,
