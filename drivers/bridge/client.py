@@ -363,12 +363,14 @@ class ZmqBackend(Backend):
             if not poller.poll(min(max(0.0, wait), self.heartbeat / 2) * 1000):
                 self._check_monitor()
                 continue
-            while True:
+            while wire.readable(sock):         # (a cheap check, not a zmq.Again at the end)
                 try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    frames, extra = wire.recv_frames(sock)
                 except zmq.Again:
                     break
                 last_heard = time.monotonic()
+                if extra:                      # more frames than any message has: garbage
+                    continue
                 try:
                     m = wire.decode([f.buffer for f in frames], wire.REPLY_TYPES)
                 except BridgeError as exc:
