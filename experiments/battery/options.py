@@ -27,6 +27,20 @@ SETUPS: dict[str, dict[str, Any]] = {
 }
 
 
+def check_weights(text: str) -> str:
+    """Fig. S2's weights: comma-separated ``scheduled`` or fixed w in [0, 1] (ValueError
+    otherwise); the normalised text."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    for x in items if items else [""]:
+        try:
+            ok = x == "scheduled" or 0.0 <= float(x) <= 1.0          # NaN compares false
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{x!r} is neither 'scheduled' nor a number w in [0, 1]")
+    return ",".join(items)
+
+
 @dataclasses.dataclass(frozen=True)
 class ReproduceOptions:
     """One ``qhil reproduce`` target and its options (after the set-up preset).

@@ -9,6 +9,12 @@ Each run records its episodes in ``<work_dir>/runs.sqlite`` (:class:`~qhil.agent
 checkpoints to ``<work_dir>/<run>.pt`` (:func:`checkpoint_path`) and resumes from it, and marks
 itself finished last with the finish record of :func:`train_run` (the runner's single record
 of finished runs).
+
+With ``eval_envs``/``eval_random`` the deterministic policy is evaluated every ``eval_every``
+episodes on those envs (named ones and/or random validation realisations, seed 1001) and the
+policy with the best mean terminal ergotropy is kept; the summary's ``selection`` holds the
+history, the selected evaluation and, for the selected policy, Env1–Env3 and ``test_random``
+held-out realisations (seed 2002).
 """
 from __future__ import annotations
 
@@ -297,3 +303,19 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
     store.finish_run(run, finish)
     store.close()
     return summary
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """A finished run in a line (two with selection): the selected policy's scores, then best
+    explored and deterministic terminal ergotropy (ω_0) and the speed."""
+    b, d = summary["best_explored"], summary["deterministic"]
+    lines = []
+    if "selection" in summary and summary["selection"]["selected"] is not None:
+        sel = summary["selection"]
+        lines.append(f"{summary['run']}: selected policy (episode {sel['selected']['episode']}, mean "
+                     f"{sel['selected']['mean']:.4f} over {', '.join(sel['selected']['ergotropy'])}): "
+                     + ", ".join(f"{k} {v:.4f}" for k, v in sel["report"].items()))
+    lines.append(f"{summary['run']}: best explored ergotropy {b['ergotropy']:.4f} (Table 1 metric), "
+                 f"deterministic policy {d['ergotropy']:.4f}; {summary['steps']} steps, {summary['wall_s']:.0f} s "
+                 f"({summary['steps_per_s']:.0f} env-steps/s, {summary['updates_per_s']:.0f} updates/s)")
+    return lines

@@ -9,12 +9,10 @@
     nice -n 10 qhil reproduce figS2 | history | robust          # reward weight, windows, randomisation
     qhil reproduce table1 --executor ray --address auto         # the runs on a Ray cluster
 
-Runs execute through :func:`qhil.experiments.run_specs` (``--jobs`` processes here, or Ray); the
-work folder's run store (``<work-dir>/runs.sqlite``) records which are finished, and the same
-command resumes the others from their checkpoints. ``--setup`` presets (``paper``, ``batched``)
-fill the options left unset; ``--train-args`` (``qhil train`` flags, after the preset's) set
-fields of every run. Every option is checked when parsed; a bad one exits 2 naming it, before any
-run. Exit status 1 when a run failed (the table then shows the finished runs only).
+Runs execute through :func:`qhil.experiments.run_specs`; the run store (``<work-dir>/runs.sqlite``)
+records which are finished, and the same command resumes the others. ``--setup`` presets fill the
+options left unset; ``--train-args`` (``qhil train`` flags, after the preset's) set fields of every
+run. A bad option exits 2 naming it, before any run; exit 1 when a run failed.
 """
 from __future__ import annotations
 
@@ -51,7 +49,7 @@ def _sac_file(text: str) -> Path:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from qhil.experiments.battery.options import SETUPS, TARGETS
+    from qhil.experiments.battery.options import SETUPS, TARGETS, check_weights
     from qhil.experiments.battery.records import ENVS, REGIMES, parse_windows
     s = sub.add_parser("reproduce", help="reproduce a table or figure of seed 000, or an extension (resumable)")
     s.add_argument("what", choices=TARGETS, help="table1, table2 (robustness), tableS1 (T_0.9), figS1 (seed spread), "
@@ -80,7 +78,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--eval-every", type=A.int_in(1, 1_000_000), default=20, help="episodes between cross-env evaluations")
     s.add_argument("--test-random", type=A.int_in(0, 10_000), default=32,
                    help="held-out realisations scored at the end (robust, table2, transfer)")
-    s.add_argument("--weights", type=A.checked(_weights, "weights"), default="scheduled,0.5,0",
+    s.add_argument("--weights", type=A.checked(check_weights, "weights"), default="scheduled,0.5,0",
                    help="figS2: reward weights (scheduled or w in [0, 1])")
     s.add_argument("--history-window", type=A.int_in(1, 64), default=28, help="history: window, 1..64")
     s.add_argument("--history-regime", choices=["energies", "first_order", "second_order"], default="energies")
@@ -89,19 +87,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--eval-random", type=A.int_in(1, 10_000), default=8, help="robust: validation realisations, ≥ 1")
     s.add_argument("--robust-history", type=A.int_in(0, 64), default=0, help="robust: also with a window (0: no)")
     s.set_defaults(func=run)
-
-
-def _weights(text: str) -> str:
-    """figS2 ``--weights``: comma-separated ``scheduled`` or w in [0, 1]; the normalised text."""
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    for x in items if items else [""]:
-        try:
-            ok = x == "scheduled" or 0.0 <= float(x) <= 1.0          # NaN compares false
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ValueError(f"{x!r} is neither 'scheduled' nor a number w in [0, 1]")
-    return ",".join(items)
 
 
 def apply_setup(args: argparse.Namespace) -> None:

@@ -17,14 +17,8 @@ Beyond Table 1 (issue 7):
     qhil train --history 28 --history-of actions              # current observation + last 28 actions
     qhil train --omega-range 0.5,1.5 --eval-random 8 --test-random 32   # domain randomisation
 
-With ``--eval-envs``/``--eval-random`` the deterministic policy is evaluated every
-``--eval-every`` episodes on those envs (named ones and/or random validation realisations,
-seed 1001) and the policy with the best mean terminal ergotropy is kept; the summary's
-``selection`` holds the history, the selected evaluation and, for the selected policy,
-Env1–Env3 and ``--test-random`` held-out realisations (seed 2002).
-
-The run itself is :class:`qhil.experiments.battery.training.ChargingRunSpec` (this module only
-turns the options into one).
+The run is a :class:`qhil.experiments.battery.training.ChargingRunSpec` (selection, held-out
+report, resume checks: see there); this module only turns the options into one.
 """
 from __future__ import annotations
 
@@ -167,14 +161,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=1))
-    b, d = summary["best_explored"], summary["deterministic"]
-    if "selection" in summary and summary["selection"]["selected"] is not None:
-        sel = summary["selection"]
-        print(f"{summary['run']}: selected policy (episode {sel['selected']['episode']}, mean "
-              f"{sel['selected']['mean']:.4f} over {', '.join(sel['selected']['ergotropy'])}): "
-              + ", ".join(f"{k} {v:.4f}" for k, v in sel["report"].items()), file=sys.stderr)
-    print(f"{summary['run']}: best explored ergotropy {b['ergotropy']:.4f} (Table 1 metric), "
-          f"deterministic policy {d['ergotropy']:.4f}; {summary['steps']} steps, {summary['wall_s']:.0f} s "
-          f"({summary['steps_per_s']:.0f} env-steps/s, {summary['updates_per_s']:.0f} updates/s)",
-          file=sys.stderr)
+    from qhil.experiments.battery.training import summary_lines
+    print("\n".join(summary_lines(summary)), file=sys.stderr)
     return 0
