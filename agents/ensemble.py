@@ -106,7 +106,6 @@ class Ensemble:
     """Eq. (46) over a :class:`~qhil.agents.dqn.DQN` and a :class:`~qhil.agents.ppo.PPO`
     sharing one observation and action space (discrete)."""
 
-    uses_replay = True
     act_dim = 1
 
     def __init__(self, obs_dim: int, n_actions: int, config: EnsembleConfig | None = None,

@@ -101,14 +101,14 @@ def clipped_surrogate(logp_new: torch.Tensor, logp_old: torch.Tensor, adv: torch
 
 class PPO(SeededAgent):
     """PPO over ``n_actions`` discrete actions, trained on-policy by
-    :func:`qhil.agents.training.train` (``uses_replay = False``; it learns in :meth:`observe`).
+    :func:`qhil.agents.training.train` (an :class:`~qhil.agents.protocols.OnPolicyAgent`: no
+    replay buffer; it learns in :meth:`observe`).
 
     obs_dim:        observation length
     n_actions:      number of actions (2^N field patterns)
     reward_weights: weights of the env's reward terms, (α1, α2, α3) for seed 004
     """
 
-    uses_replay = False
     act_dim = 1
 
     def __init__(self, obs_dim: int, n_actions: int, config: PPOConfig | None = None,

@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from .protocols import figures_of
 from .training import deterministic_episode
 
 
@@ -36,7 +37,7 @@ def select_best(history: Sequence[dict[str, Any]]) -> int:
 def score_policy(agent: Any, envs: dict[str, Any]) -> dict[str, float]:
     """Terminal ergotropy (units ω_0) of ``agent``'s deterministic policy on each env
     (vector envs with n_envs = 1; the agent is not changed)."""
-    return {name: float(deterministic_episode(agent, env)["ergotropy"]) for name, env in envs.items()}
+    return {name: float(deterministic_episode(agent, env)[figures_of(env)[1]]) for name, env in envs.items()}
 
 
 def load_policy(checkpoint: str | Path, obs_dim: int, action_low: float, action_high: float) -> Any:
