@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 from scipy.optimize import minimize
@@ -76,10 +76,24 @@ def fidelity_trajectory(model: Model, fields: np.ndarray, dt: float, psi0: np.nd
     return np.array(out)
 
 
+@runtime_checkable
+class HasTarget(Protocol):
+    """A model with a default target state (the XY chain's transfer target)."""
+
+    def target_state(self) -> np.ndarray: ...
+
+
+@runtime_checkable
+class ResettablePolicy(Protocol):
+    """A policy with per-episode state (MPC's plan, GRAPE's open-loop schedule)."""
+
+    def reset(self) -> None: ...
+
+
 def _default_target(model: Model, target: np.ndarray | None) -> np.ndarray:
     if target is not None:
         return np.asarray(target, dtype=complex)
-    if not hasattr(model, "target_state"):
+    if not isinstance(model, HasTarget):
         raise ValidationError("target", f"the {model.kind} model has no default target")
     return model.target_state()
 
@@ -421,7 +435,7 @@ class EpisodeStats:
 def rollout(env: Any, policy: Callable[[np.ndarray], Any], seed: int | None = None) -> EpisodeStats:
     """Run one episode of ``policy`` (a callable obs → action, with an optional ``reset()``)."""
     obs, _ = env.reset(seed=seed)
-    if hasattr(policy, "reset"):
+    if isinstance(policy, ResettablePolicy):
         policy.reset()
     ret, fids, sec, em = 0.0, [], [], []
     done = False
