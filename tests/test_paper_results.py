@@ -388,6 +388,24 @@ def dataclasses_replace(obj, **kw):
     return dataclasses.replace(obj, **kw)
 
 
+def test_missing_grape_ceilings_are_computed_once_and_failures_reported(tmp_path, monkeypatch, capsys):
+    from qhil.envs import ENVIRONMENTS
+    from qhil.experiments.battery import grape as g
+    g.ensure_grape("env2", tmp_path, starts=1, maxiter=3, verbose=False)
+    doc = json.loads((tmp_path / "grape_env2.json").read_text())
+    again = g.grape_ceiling(DickeBattery(omegas=ENVIRONMENTS["env2"]), "env2", starts=1, maxiter=3, verbose=False)
+    assert doc["ergotropy"] == again["ergotropy"] and doc["protocol"] == again["protocol"]
+    assert doc["env"] == "env2" and doc["n_steps"] == 28 and doc["tau"] == 5.6
+
+    def boom(*a, **k):
+        raise RuntimeError("diverged")
+    monkeypatch.setattr(g, "grape_ceiling", boom)
+    g.ensure_grape("env2", tmp_path)                                 # present: not recomputed
+    g.ensure_grape("env3", tmp_path)                                 # fails: reported, no file
+    assert "GRAPE ceiling of env3 failed (RuntimeError: diverged)" in capsys.readouterr().err
+    assert not (tmp_path / "grape_env3.json").exists()
+
+
 def test_table2_report_from_the_run_store(tmp_path, capsys):
     work, out = tmp_path / "w", tmp_path / "o"
     work.mkdir()

@@ -42,15 +42,16 @@ def summary_line(doc: dict[str, Any]) -> str:
             f"{doc['cutoff_check']['ergotropy_change']:.1e}")
 
 
-def ensure_grape(env: str, grape_dir: Path, starts: int = 10) -> None:
+def ensure_grape(env: str, grape_dir: Path, starts: int = 10, **options: Any) -> None:
     """Compute the GRAPE ceiling of preset ``env`` into ``grape_dir/grape_<env>.json`` if missing
-    (a failure is reported, not raised: the table then shows no ceiling for that env)."""
+    (a failure is reported, not raised: the table then shows no ceiling for that env); ``options``
+    go to :func:`grape_ceiling`."""
     from qhil.envs import ENVIRONMENTS, DickeBattery
     path = Path(grape_dir) / f"grape_{env}.json"
     if path.exists():
         return
     try:
-        doc = grape_ceiling(DickeBattery(omegas=ENVIRONMENTS[env]), env, starts=starts)
+        doc = grape_ceiling(DickeBattery(omegas=ENVIRONMENTS[env]), env, starts=starts, **options)
         print(summary_line(doc))
         write_grape(doc, path)
     except Exception as exc:                      # noqa: BLE001 — reported; the table goes on without it
