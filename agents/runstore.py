@@ -156,6 +156,62 @@ class RunStore:
             self._db.execute("UPDATE runs SET status='done', summary=?, updated=? WHERE run=?",
                              (json.dumps(summary, sort_keys=True), time.time(), run))
 
+    # -- moving a run between stores (a Ray worker without the work folder ships its run back) ----
+    #: Tables holding a run's rows, each keyed by its ``run`` column.
+    RUN_TABLES = ("runs", "episodes", "episode_figures", "best", "update_metrics")
+
+    def export_run(self, run: str) -> dict[str, Any]:
+        """All of run ``run``'s rows, {table: (columns, rows)}, for :meth:`import_run`
+        (plain lists, JSON and pickle safe); KeyError if the store has no such run."""
+        if self.status(run) is None:
+            raise KeyError(f"run {run!r} is not in {self.path}")
+        out: dict[str, Any] = {"run": run}
+        for table in self.RUN_TABLES:
+            cur = self._db.execute(f"SELECT * FROM {table} WHERE run=?", (run,))
+            out[table] = ([d[0] for d in cur.description], [list(r) for r in cur.fetchall()])
+        return out
+
+    def import_run(self, bundle: dict[str, Any]) -> None:
+        """Replace the run of ``bundle`` (from :meth:`export_run`) by its rows, in one transaction."""
+        run = bundle["run"]
+        with self._tx():
+            for table in self.RUN_TABLES:
+                cols, rows = bundle[table]
+                known = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                if not set(cols) <= known or "run" not in cols:
+                    raise ValueError(f"bundle of run {run!r}: unknown columns of {table}: {sorted(set(cols) - known)}")
+                self._db.execute(f"DELETE FROM {table} WHERE run=?", (run,))
+                if any(r[cols.index("run")] != run for r in rows):
+                    raise ValueError(f"bundle of run {run!r} holds rows of another run in {table}")
+                self._db.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES "
+                                     f"({', '.join('?' * len(cols))})", [tuple(r) for r in rows])
+
+    # -- reading ---------------------------------------------------------------------
+    def runs(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for run, cfg, status, summary in self._db.execute("SELECT run, config, status, summary FROM runs"):
+            out[run] = {"config": json.loads(cfg), "status": status,
+                        "summary": json.loads(summary) if summary else None}
+        return out
+
+    def status(self, run: str) -> str | None:
+        row = self._db.execute("SELECT status FROM runs WHERE run=?", (run,)).fetchone()
+        return row[0] if row else None
+
+    def episodes(self, run: str) -> dict[str, list[float]]:
+        """Columns episode, step, ret, energy, ergotropy, best, weight (ordered by episode)."""
+        cols = ("episode", "step", "ret", "energy", "ergotropy", "best", "weight")
+        rows = self._db.execute(f"SELECT {', '.join(cols)} FROM episodes WHERE run=? ORDER BY episode",
+                                (run,)).fetchall()
+        return {c: [r[i] for r in rows] for i, c in enumerate(cols)}
+
+    def figures(self, run: str) -> dict[str, list[float]]:
+        """Columns of the named figures logged with ``run``'s episodes (ordered by episode)."""
+        got = self._db.execute("SELECT figures FROM episode_figures WHERE run=? ORDER BY episode", (run,)).fetchall()
+        figs = [json.loads(g[0]) for g in got]
+        keys = sorted({k for f in figs for k in f})
+        return {k: [f.get(k, float("nan")) for f in figs] for k in keys}
+
     def updates(self, run: str) -> dict[str, list[float]]:
         """Columns episode, step, updates and one per statistic (NaN where a round lacks it),
         one row per round of episodes that updated (ordered by episode)."""
