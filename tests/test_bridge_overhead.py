@@ -8,10 +8,6 @@
 """
 from __future__ import annotations
 
-import sqlite3
-import threading
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +18,9 @@ from qhil.drivers import Experiment, MeasurementSchedule, create_backend
 from qhil.drivers.bridge import wire
 from qhil.envs import XYChain
 from qhil.lab.device import NullDevice
-from qhil.lab.server import RUN_COLUMNS, LabServer, RunLog
+from qhil.lab.server import RUN_COLUMNS, RunLog
+
+from labserver import ThreadServer
 
 MODEL = XYChain(n_spins=2, field_bound=5.0)
 SCHED = MeasurementSchedule("energies", final_only=True, shots=10)
@@ -68,28 +66,8 @@ def test_id_filter_is_rebuilt_from_the_log_and_answers_unknown_ids(tmp_path):
         log.close()
 
 
-class _Server:
-    def __init__(self, device, run_log: Path) -> None:
-        self.server = LabServer(device, "tcp://127.0.0.1:*", run_log)
-        self.run_log = run_log
-        self.spec = "zmq://" + self.server.endpoint.split("://", 1)[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def rows(self, rid: str) -> int:
-        with sqlite3.connect(self.run_log, timeout=10) as db:
-            return db.execute("SELECT COUNT(*) FROM runs WHERE request_id = ?", (rid,)).fetchone()[0]
-
-    def close(self) -> None:
-        self.server.stop()
-        deadline = time.monotonic() + 30
-        while self.thread.is_alive() and time.monotonic() < deadline:
-            self.server.runs._written.set()
-            self.thread.join(timeout=0.05)
-
-
 def test_runs_are_logged_once_and_retries_answered_from_storage(tmp_path):
-    srv = _Server(NullDevice(MODEL), tmp_path / "runs.sqlite")
+    srv = ThreadServer(NullDevice(MODEL), tmp_path / "runs.sqlite")
     try:
         with create_backend(srv.spec, seed=1) as b:
             e = Experiment(MODEL, CONTROLS, 0.2, SCHED)
@@ -98,11 +76,11 @@ def test_runs_are_logged_once_and_retries_answered_from_storage(tmp_path):
             first = b._call(msg, 10.0)[0]
             again = b._call(msg, 10.0)[0]          # the same id again: from storage, not run
         for r in results:
-            assert srv.rows(r.metadata["bridge"]["request_id"]) == 1
+            assert srv.executions(r.metadata["bridge"]["request_id"]) == 1
             assert np.array_equal(r.counts[..., 0], np.full(r.counts.shape[:-1], 10))
         assert first.body["replayed"] is False and again.body["replayed"] is True
         assert np.array_equal(first.arrays["counts"], again.arrays["counts"])
-        assert srv.rows(msg.id) == 1 and srv.server.executed == 6
+        assert srv.executions(msg.id) == 1 and srv.server.executed == 6
     finally:
         srv.close()
 

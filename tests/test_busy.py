@@ -21,7 +21,8 @@ from qhil.drivers import Experiment, MeasurementSchedule, ValidationError, creat
 from qhil.drivers.bridge.wire import BridgeTimeout
 from qhil.envs import XYChain
 from qhil.lab.device import NullDevice
-from qhil.lab.server import LabServer
+
+from labserver import ThreadServer
 
 MODEL = XYChain(n_spins=2, field_bound=5.0)
 SCHED = MeasurementSchedule("energies", final_only=True, shots=10)
@@ -55,30 +56,6 @@ class SlowDevice(NullDevice):
             return super().execute(controls, dt, steps, settings, shots, rng)
         finally:
             self._t0 = None
-
-
-class ThreadServer:
-    """A LabServer in a thread of this process (for devices that release the GIL)."""
-
-    def __init__(self, device, run_log: Path, **kw) -> None:
-        self.server = LabServer(device, "tcp://127.0.0.1:*", run_log, **kw)
-        self.run_log = run_log
-        self.spec = "zmq://" + self.server.endpoint.split("://", 1)[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def executions(self, request_id: str) -> int:
-        with sqlite3.connect(self.run_log, timeout=10) as db:
-            return db.execute("SELECT COUNT(*) FROM runs WHERE request_id = ?", (request_id,)).fetchone()[0]
-
-    def close(self) -> None:
-        self.server.stop()
-        # RunLog.close can miss its wake-up when a run was logged within the checkpoint
-        # interval (the checkpointer clears the event after close set it); nudge it until done.
-        deadline = time.monotonic() + 30
-        while self.thread.is_alive() and time.monotonic() < deadline:
-            self.server.runs._written.set()
-            self.thread.join(timeout=0.05)
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ WORK: list[tuple[str, str]] = [
     ("qhil.drivers.bridge.client", "ZmqBackend.lock"),
     ("qhil.agents.training", "train_off_policy"),
     ("qhil.agents.training", "train"),
-    ("qhil.agents.grape", "grape"),
+    ("qhil.agents.grape", "grape_dicke_battery"),
     ("qhil.experiments.battery.measurement", "run_config"),
     ("qhil.experiments.battery.open_closed", "compare"),
     ("qhil.envs.measurement", "tomography_ergotropy_stats"),
@@ -148,15 +148,11 @@ def tripwires() -> Iterator[None]:
     """Replace every :data:`WORK` function by :func:`_tripwire`; restore afterwards."""
     saved = []
     for mod_name, path in WORK:
-        try:
-            obj = importlib.import_module(mod_name)
-        except ImportError:
-            continue
+        obj = importlib.import_module(mod_name)        # a stale entry must fail, not pass silently
         *owners, attr = path.split(".")
         for o in owners:
-            obj = getattr(obj, o, None)
-        if obj is None or not hasattr(obj, attr):
-            continue
+            obj = getattr(obj, o)
+        assert hasattr(obj, attr), f"WORK entry {mod_name}:{path} does not exist (renamed?)"
         saved.append((obj, attr, obj.__dict__.get(attr, getattr(obj, attr))))
         setattr(obj, attr, _tripwire)
     try:

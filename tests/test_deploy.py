@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qhil.drivers import Experiment, MeasurementSchedule, ValidationError, create_backend
+from qhil.drivers import Experiment, MeasurementSchedule, create_backend
 from qhil.envs import DickeBattery
 from qhil.lab.cli import main
 from qhil.experiments.battery.deployment import device_mismatches, load_run

@@ -7,12 +7,10 @@ from __future__ import annotations
 import json
 import os
 import queue
-import sqlite3
 import stat
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,8 @@ from qhil.drivers.bridge import wire
 from qhil.drivers.bridge.wire import BridgeError, Message
 from qhil.envs import XYChain
 from qhil.lab.device import NullDevice
-from qhil.lab.server import LabServer
+
+from labserver import ThreadServer
 
 MODEL = XYChain(n_spins=2, field_bound=5.0)
 MODEL_ARGS = ["--model", "xy_chain", "--n-spins", "2", "--field-bound", "5.0"]
@@ -35,38 +34,18 @@ def experiment(scale: float = 1.0) -> Experiment:
     return Experiment(MODEL, np.array([[1.0, -1.0], [0.5, 0.5]]) * scale, 0.2, SCHED)
 
 
-class ThreadServer:
-    """A LabServer on a null device in a thread of this process."""
+def lock_server(run_log: Path, **kw) -> ThreadServer:
+    """A null device behind a LabServer in a thread (``require_lock`` etc. in ``kw``)."""
+    return ThreadServer(NullDevice(MODEL), run_log, **kw)
 
-    def __init__(self, run_log: Path, **kw) -> None:
-        self.server = LabServer(NullDevice(MODEL), "tcp://127.0.0.1:*", run_log, **kw)
-        self.run_log = run_log
-        self.spec = "zmq://" + self.server.endpoint.split("://", 1)[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
 
-    def client(self, owner: str | None = None):
-        return create_backend(self.spec, seed=1, timeout=10, retries=2, heartbeat=0.3, owner=owner)
-
-    def runs(self) -> list[tuple[str, dict]]:
-        with sqlite3.connect(self.run_log, timeout=10) as db:
-            return [(r, json.loads(e)) for r, e in db.execute("SELECT request_id, experiment FROM runs ORDER BY seq")]
-
-    def events(self) -> list[str]:
-        with sqlite3.connect(self.run_log, timeout=10) as db:
-            return [m for (m,) in db.execute("SELECT message FROM faults ORDER BY seq")]
-
-    def close(self) -> None:
-        self.server.stop()
-        deadline = time.monotonic() + 30     # (see tests/test_busy.py: RunLog.close's wake-up)
-        while self.thread.is_alive() and time.monotonic() < deadline:
-            self.server.runs._written.set()
-            self.thread.join(timeout=0.05)
+def client(srv: ThreadServer, owner: str | None = None):
+    return create_backend(srv.spec, seed=1, timeout=10, retries=2, heartbeat=0.3, owner=owner)
 
 
 @pytest.fixture
 def locked_server(tmp_path):
-    srv = ThreadServer(tmp_path / "runs.sqlite", require_lock=True)
+    srv = lock_server(tmp_path / "runs.sqlite", require_lock=True)
     yield srv
     srv.close()
 
@@ -83,7 +62,7 @@ def refused(call, holder: str | None) -> BridgeError:
 
 def test_two_clients_never_interleave(locked_server):
     srv = locked_server
-    with srv.client("alice") as alice, srv.client("bob") as bob, srv.client() as anonymous:
+    with client(srv, "alice") as alice, client(srv, "bob") as bob, client(srv) as anonymous:
         err = refused(lambda: alice.run(experiment()), None)       # --lock: take the lock first
         assert "requires the experiment lock" in str(err)
         state = alice.lock()
@@ -116,7 +95,7 @@ def test_two_clients_never_interleave(locked_server):
 
 def test_emergency_unlock_in_process(locked_server):
     srv = locked_server
-    with srv.client("bob") as bob, srv.client("alice") as alice, srv.client() as operator:
+    with client(srv, "bob") as bob, client(srv, "alice") as alice, client(srv) as operator:
         bob.lock()
         with pytest.raises(BridgeError) as info:
             operator.unlock(force=True, key="not-the-key")
@@ -132,9 +111,9 @@ def test_emergency_unlock_in_process(locked_server):
 
 
 def test_without_lock_flag_runs_need_no_lock_but_a_held_lock_excludes_others(tmp_path):
-    srv = ThreadServer(tmp_path / "runs.sqlite")
+    srv = lock_server(tmp_path / "runs.sqlite")
     try:
-        with srv.client("alice") as alice, srv.client() as anonymous:
+        with client(srv, "alice") as alice, client(srv) as anonymous:
             anonymous.run(experiment())                              # no --lock: anyone runs
             assert anonymous.describe()["lock"] == {"required": False, "locked": False, "owner": None,
                                                     "since": None}
@@ -152,7 +131,7 @@ def test_retry_of_an_accepted_run_is_not_refused(locked_server):
     """The lock guards new executions: a run accepted while its owner held the lock is
     answered (from storage) after the lock changed hands, never run again."""
     srv = locked_server
-    with srv.client("alice") as alice, srv.client("bob") as bob:
+    with client(srv, "alice") as alice, client(srv, "bob") as bob:
         alice.lock()
         msg = alice._request(experiment(), 3)
         [(first, _)] = alice._call_many([msg], 10.0)
@@ -172,7 +151,7 @@ BAD_LOCK_BODIES = [
 
 @pytest.mark.parametrize("kind,body,parameter", BAD_LOCK_BODIES)
 def test_malformed_lock_requests(locked_server, kind, body, parameter):
-    with locked_server.client() as c:
+    with client(locked_server) as c:
         c.describe()
         with pytest.raises(BridgeError) as info:
             c._call(Message(kind, wire.new_id(), body), 10.0)
@@ -181,7 +160,7 @@ def test_malformed_lock_requests(locked_server, kind, body, parameter):
 
 
 def test_run_with_a_bad_owner_is_refused(locked_server):
-    with locked_server.client() as c:
+    with client(locked_server) as c:
         msg = c._request(experiment(), 1)
         msg.body["owner"] = ["alice"]
         with pytest.raises(BridgeError) as info:

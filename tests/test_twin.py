@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,7 +16,8 @@ from qhil.envs import ENV2, DickeBattery
 from qhil.lab.cli import build_parser, main
 from qhil.lab.commands.model_options import model_from_args, twin_from_description
 from qhil.lab.device import NullDevice
-from qhil.lab.server import LabServer
+
+from labserver import ThreadServer
 
 DEVICE_MODEL = DickeBattery(omegas=(0.8, 1.2), n_max=8, coupling_bound=0.25)
 
@@ -31,14 +31,8 @@ class CalibratedNull(NullDevice):
 
 @contextlib.contextmanager
 def serving(tmp: Path) -> Iterator[str]:
-    server = LabServer(CalibratedNull(DEVICE_MODEL), "tcp://127.0.0.1:*", tmp / "runs.sqlite")
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield "zmq://" + server.endpoint.split("://", 1)[1]
-    finally:
-        server.stop()
-        thread.join(timeout=60)
+    with ThreadServer(CalibratedNull(DEVICE_MODEL), tmp / "runs.sqlite") as srv:
+        yield srv.spec
 
 
 def model_of(*argv: str) -> tuple[Any, dict]:
