@@ -60,6 +60,8 @@ WORK: list[tuple[str, str]] = [
     ("qhil.experiments.supply_chain.specs", "evaluate_checkpoint"),
     ("qhil.lab.server", "LabServer"),
     ("qhil.experiments.battery.tune", "tune_sac"),
+    ("qhil.experiments.runner", "LocalExecutor.map_unordered"),     # spawned workers see no tripwire
+    ("qhil.experiments.ray_executor", "RayExecutor.map_unordered"),
     ("zmq.auth", "create_certificates"),
     ("subprocess", "Popen"),
     ("subprocess", "run"),
