@@ -602,6 +602,11 @@ def plot_deployment(doc: dict[str, Any], path: Path) -> None:
     ax[2].errorbar(range(len(vals)), vals, yerr=errs, fmt="o", capsize=5)
     ax[2].set_xticks(range(len(vals)), names, fontsize=8)
     ax[2].set_xlim(-0.6, len(vals) - 0.4)
+    if vals:      # no offset axis: differences below 1e-3 ω₀ (exact agreement) show as one level
+        lo, hi = min(v - e for v, e in zip(vals, errs)), max(v + e for v, e in zip(vals, errs))
+        pad = max(0.1 * (hi - lo), 1e-3 * max(1.0, abs(hi)))
+        ax[2].set_ylim(lo - pad, hi + pad)
+        ax[2].ticklabel_format(axis="y", useOffset=False)
     ax[2].set(ylabel="final ergotropy (ω₀)", title="ergotropy (95 % interval)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
