@@ -31,7 +31,7 @@ ENVIRONMENTS = {"env1": ENV1, "env2": ENV2, "env3": ENV3}
 MAX_QUBITS = 10
 MAX_PHOTONS = 400
 #: Error (units of ω_0) of the reported figures — E_j, E, ergotropy — above which a photon
-#: cutoff is reported as unconverged (:meth:`DickeBattery.aux_truncation_warning`, :func:`check_cutoff`).
+#: cutoff is reported as unconverged by :func:`check_cutoff` (which measures it).
 CUTOFF_TOLERANCE = 1e-6
 #: The per-run warning's threshold on the *upper estimate* E_max·√p (units of ω_0). The estimate
 #: exceeds the true error ≥ 7× where it is below 1e-3 (893 measured drives), so a run that stays
