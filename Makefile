@@ -22,6 +22,7 @@ STALE = rm -rf $(VENV)/lib/python*/site-packages/qhil
 # Install the package as a built wheel (not editable), so tests import what users get.
 $(VENV)/.pkg-installed: $(DEPS) $(SOURCES)
 	$(STALE)
+	rm -rf build    # setuptools builds from build/lib and never deletes what the source dropped
 	$(BIN)/pip install -q --no-deps --force-reinstall .
 	touch $@
 
@@ -53,6 +54,7 @@ dev: $(DEPS)
 	rm -f $(VENV)/.pkg-installed
 
 wheel: $(DEPS)
+	rm -rf build
 	$(BIN)/pip wheel -q --no-deps -w dist .
 
 clean:

@@ -4,7 +4,7 @@ On hardware the battery's state is never returned; its ergotropy must be estimat
 the counts of the ``tomography`` schedule (3^N local product settings). The plug-in
 estimate ``raw`` is the ergotropy of the projected linear-inversion state
 (:mod:`qhil.drivers.tomography`). Shot noise mixes the estimated state and projection
-clips it, so ``raw`` is biased low for a highly charged (near-pure) battery: by −0.11 with
+clips it, so ``raw`` is biased low for a highly charged (near-pure) battery: by
 about −0.12 with 100 shots and −0.013 with 10⁴ shots per setting on Env1's GRAPE protocol (ℰ = 4.2716).
 
 A parametric bootstrap measures both the spread and that bias: every setting's counts are
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -80,7 +81,7 @@ def estimate_ergotropy(battery: DickeBattery, result: Result, step: int = -1, n_
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or not 10 <= n_boot <= 100_000:
         raise ValidationError("n_boot", f"{n_boot!r}", "an integer in [10, 100000]")
     m = len(result.steps)
-    if isinstance(step, bool) or not isinstance(step, int) or not -m <= step < m:
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or not -m <= step < m:
         raise ValidationError("step", f"{step!r}", f"an index into the {m} measured steps")
     rho = estimate_density(result, n)[step]                 # checks every Pauli was measured
     raw = float(battery.ergotropy(rho))

@@ -86,7 +86,8 @@ class LocalExecutor:
                     yield i, exc
             return
         import multiprocessing as mp
-        with ProcessPoolExecutor(max_workers=min(self.jobs, len(items)), mp_context=mp.get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(max_workers=min(self.jobs, len(items)), mp_context=mp.get_context("spawn"))
+        try:
             futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
             while futures:
                 done, _ = wait(futures, return_when=FIRST_COMPLETED)
@@ -94,6 +95,8 @@ class LocalExecutor:
                     i = futures.pop(fut)
                     exc = fut.exception()
                     yield i, (exc if exc is not None else fut.result())
+        finally:                    # a caller that stops reading cancels the runs not started yet
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def log_path(work_dir: Path, name: str) -> Path:
@@ -141,7 +144,7 @@ def run_specs(specs: Sequence[Any], work_dir: str | Path, executor: Executor | N
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValidationError("specs", f"run names used twice: {dup[:5]}", "unique names")
-    work_dir = Path(work_dir)
+    work_dir = Path(work_dir).resolve()          # workers (Ray) may run in another folder
     work_dir.mkdir(parents=True, exist_ok=True)
     executor = executor or LocalExecutor(1)
     say = log or (lambda s: print(s, file=sys.stderr, flush=True))

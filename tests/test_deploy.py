@@ -194,3 +194,18 @@ def test_deploy_holds_the_lock_of_a_locked_server(trained, tmp_path, capsys):
         assert json.loads((tmp_path / "s.json").read_text())["cost"]["experiments"] == 29
     finally:
         proc.kill()
+
+
+def test_deploy_a_protocol_of_another_model(tmp_path):
+    """The XY chain has no E_j or ergotropy: deploy still runs, logs and summarises it."""
+    from qhil.envs import XYChain
+    chain = XYChain(n_spins=3)
+    proto = tmp_path / "p.json"
+    proto.write_text(json.dumps({"controls": [[5.0, 0.0, 0.0], [0.0, 5.0, 0.0]], "dt": 0.5}))
+    out = tmp_path / "summary.json"
+    rc = main(["deploy", "--endpoint", "statevector", "--protocol", str(proto), "--shots", "0", "--model-json",
+               json.dumps(chain.to_dict()), "--out", str(out), "--log", str(tmp_path / "log.jsonl")])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert doc["measured"]["steps"] == [] and doc["cost"]["experiments"] == 1
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 1

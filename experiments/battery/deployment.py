@@ -367,6 +367,8 @@ def deploy(spec: DeploySpec) -> dict[str, Any]:
         raise ValidationError("run", "nothing to deploy", "--run RUN_DIR, --protocol FILE or --policy module:function")
     if spec.protocol == "best" and run is None:
         raise ValidationError("protocol", "`best` needs --run", "--run RUN_DIR --protocol best")
+    if spec.policy is not None and spec.protocol is not None:
+        raise ValidationError("policy", "a policy and a protocol both say what to play", "one of them")
     if spec.policy is not None and run is not None:
         raise ValidationError("policy", "--policy and --run both name a policy", "one of them")
     if spec.policy is not None and spec.steps is None:
@@ -437,7 +439,9 @@ def deploy(spec: DeploySpec) -> dict[str, Any]:
                 played, final = _callable_policy(spec, model, backend, dt, shots)
                 doc["mode"] = "closed loop (--policy)"
             doc["controls"] = np.asarray(played).tolist()
-            doc["measured"] = _energies(model, final)
+            # E_j = ω_j (1 − ⟨Z_j⟩)/2 are the battery's figures; other models report none here
+            doc["measured"] = (_energies(model, final) if model.kind == "dicke"
+                               else {"steps": [], "energies": [], "stderr": []})
             if model.kind == "dicke":
                 doc["tomography"] = _final_tomography(spec, model, backend, played, dt, tomo_shots, final)
         doc["cost"] = {**log.totals(), "wall_s": time.perf_counter() - t_start}

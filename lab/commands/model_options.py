@@ -1,4 +1,4 @@
-"""The device model (digital twin) options shared by ``simulate``, ``train``, ``grape`` and ``deploy``.
+"""The device model (digital twin) options shared by ``simulate``, ``train`` and ``grape``.
 
 Any Dicke battery, not only the paper's three::
 
@@ -87,6 +87,9 @@ def twin_from_description(info: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         if "omegas" in cal:
             applied.append("omegas")
         offsets = cal.get("frequency_offsets")
+        if offsets is not None and (not isinstance(offsets, list) or len(offsets) != len(omegas)):
+            raise ValidationError("from-endpoint", f"the calibration's frequency_offsets {offsets!r} do not "
+                                  f"match the model's {len(omegas)} qubits", "one offset per qubit")
         if offsets is not None and len(offsets) == len(omegas) and np.any(np.asarray(offsets) != 0):
             omegas = omegas + np.asarray(offsets, dtype=float)
             applied.append("frequency_offsets")
@@ -133,8 +136,9 @@ def model_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         if model.kind != "dicke":
             raise ValidationError(next(iter(refine)).replace("_", "-"), f"a Dicke option for a {model.kind} model",
                                   "Dicke models only")
-        if "n_max" not in refine and "coupling_bound" in refine:
-            refine["n_max"] = None            # re-derive the converged default for the new bound
+        if "n_max" not in refine and "coupling_bound" in refine and prov["source"] in ("preset", "options"):
+            refine["n_max"] = None            # re-derive the default cutoff for the new bound (a model file's
+                                              # or a device's own n_max is kept)
         model = dataclasses.replace(model, **refine)
         prov["refined"] = sorted(k for k, v in refine.items() if v is not None)
     return model, prov
