@@ -169,6 +169,9 @@ def test_deploy_rehearses_on_simulators_and_deploys_protocol_files(trained, tmp_
     (["--run", "{run}", "--allow-mismatch", "colour"], "--allow-mismatch"),
     (["--run", "{run}", "--shots", "-1"], "--shots"),
     (["--run", "{run}", "--out", "/proc/nope/x.json"], "--out"),
+    (["--run", "{run}", "--steps", "5"], "steps"),
+    (["--run", "{run}", "--clip"], "clip"),
+    (["--run", "{run}", "--every", "2"], "every"),
 ])
 def test_deploy_refuses_bad_input_before_work(trained, tmp_path, capsys, argv, param):
     argv = [a.replace("{run}", str(trained)) for a in argv]

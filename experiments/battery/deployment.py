@@ -373,6 +373,12 @@ def deploy(spec: DeploySpec) -> dict[str, Any]:
         raise ValidationError("policy", "--policy and --run both name a policy", "one of them")
     if spec.policy is not None and spec.steps is None:
         raise ValidationError("steps", "closed loop with --policy needs --steps", "an integer ≥ 1")
+    if spec.policy is None and (spec.steps is not None or spec.clip):      # nothing silently ignored
+        raise ValidationError("steps" if spec.steps is not None else "clip", "applies to --policy only",
+                              "--policy module:function --steps K [--clip]")
+    if spec.protocol is None and spec.every != 1:
+        raise ValidationError("every", "applies to --protocol only (a closed loop measures every step)",
+                              "--protocol FILE --every m")
     if run is not None and spec.regime is not None and spec.protocol is None:
         raise ValidationError("regime", f"the run measures {run.regime!r}; a trained policy sees only its own "
                               "observation", "omit --regime with --run")

@@ -69,8 +69,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_deploy)
 
 
-
-
 def spec_from_args(args: argparse.Namespace) -> DeploySpec:
     """The :class:`DeploySpec` of the parsed options."""
     kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(DeploySpec)}
