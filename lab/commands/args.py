@@ -188,13 +188,7 @@ def output_file(text: str) -> Path:
     p = Path(text)
     if p.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a folder; give a file path")
-    parent = p.parent if str(p.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise argparse.ArgumentTypeError(f"cannot create the folder of {text!r} ({exc.strerror or exc})") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"the folder of {text!r} is not writable")
+    _writable_folder(p.parent if str(p.parent) else Path("."), f"the folder of {text!r}")
     if p.exists() and not os.access(p, os.W_OK):
         raise argparse.ArgumentTypeError(f"{text!r} exists and is not writable")
     return p
@@ -207,13 +201,18 @@ def output_dir(text: str) -> Path:
     p = Path(text)
     if p.exists() and not p.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} exists and is not a folder")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise argparse.ArgumentTypeError(f"cannot create folder {text!r} ({exc.strerror or exc})") from None
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"folder {text!r} is not writable")
+    _writable_folder(p, f"folder {text!r}")
     return p
+
+
+def _writable_folder(folder: Path, what: str) -> None:
+    """Create ``folder`` if needed; it must be writable (``what`` names it in the error)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot create {what} ({exc.strerror or exc})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{what} is not writable")
 
 
 _describe(output_file, "output_file")

@@ -337,21 +337,26 @@ def _write_lock_key(args: argparse.Namespace) -> str:
     return key
 
 
-def cmd_lock(args: argparse.Namespace) -> int:
+def _lock_call(args: argparse.Namespace, command: str, call: Any) -> int:
+    """Connect to ``args.endpoint`` as ``args.owner``, run ``call(backend)`` (lock or unlock),
+    print the lock state as JSON; a bridge error exits 2 with its message."""
     from qhil.drivers import QhilError, create_backend
     try:
         with create_backend(args.endpoint, timeout=args.timeout, retries=1, owner=args.owner,
                             server_key=args.server_key, client_cert=args.client_cert) as b:
-            state = b.lock()
+            state = call(b)
     except QhilError as exc:
-        print(f"qhil lab lock: {exc}", file=sys.stderr)
+        print(f"qhil lab {command}: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(state))
     return 0
 
 
+def cmd_lock(args: argparse.Namespace) -> int:
+    return _lock_call(args, "lock", lambda b: b.lock())
+
+
 def cmd_unlock(args: argparse.Namespace) -> int:
-    from qhil.drivers import QhilError, create_backend
     key = None
     if args.force:
         if not args.key_file:
@@ -366,15 +371,7 @@ def cmd_unlock(args: argparse.Namespace) -> int:
     elif not args.owner:
         print("qhil lab unlock: give --owner (the lock's owner) or --force --key-file", file=sys.stderr)
         return 2
-    try:
-        with create_backend(args.endpoint, timeout=args.timeout, retries=1, owner=args.owner,
-                            server_key=args.server_key, client_cert=args.client_cert) as b:
-            state = b.unlock(force=args.force, key=key)
-    except QhilError as exc:
-        print(f"qhil lab unlock: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(state))
-    return 0
+    return _lock_call(args, "unlock", lambda b: b.unlock(force=args.force, key=key))
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
