@@ -35,9 +35,9 @@ MAX_PHOTONS = 400
 CUTOFF_TOLERANCE = 1e-6
 #: The per-run warning's threshold on the *upper estimate* E_max·√p (units of ω_0). The estimate
 #: exceeds the true error ≥ 7× where it is below 1e-3 (893 measured drives), so a run that stays
-#: silent has figures off by less than ~1.3e-6; the default cutoff (n_max = 40 for Env1) no longer
-#: cries wolf on SAC's exploratory protocols (estimates up to ~1.4e-6, true errors ~1e-10), and
-#: n_max = 30 with constant λ = 0.3 (estimate 4.6e-4, true error 5.4e-6) still warns.
+#: silent has figures off by less than ~1.3e-6; constant λ = 0.3 on Env1 at the default n_max = 40
+#: (estimate 4.3e-7) stays silent, n_max = 30 (estimate 4.6e-4, true error 5.4e-6) warns, and SAC's
+#: exploration at n_max = 40 can reach protocols that warn (estimate 1.9e-5 in `make demo`).
 RUN_WARNING_ESTIMATE = 1e-5
 
 
