@@ -204,6 +204,76 @@ def test_tiny_study_writes_csv_and_resumes(tmp_path, capsys):
     assert not (tmp_path / "o2").exists()
 
 
+def test_converged_grid_shares_the_open_loop_configurations_and_keeps_windows():
+    from qhil.experiments.battery.measurement import study_grid
+    windows = {"energies": (28, "observations"), "second_order": (28, "actions")}
+    grid = study_grid(["energies", "second_order"], [10, None], ["1", "final"], seeds=[0, 1], n_envs=8,
+                      windows=windows, share_open_loop=True)
+    # per seed: 2 regimes × 2 shots measured every step, plus ONE open-loop (final only) configuration
+    assert len(grid) == 2 * (2 * 2 + 1)
+    open_loop = [c for c in grid if c.open_loop]
+    assert [(c.regime, c.shots, c.seed) for c in open_loop] == [("energies", None, 0), ("energies", None, 1)]
+    assert {(c.regime, c.history, c.history_of) for c in grid} == {("energies", 28, "observations"),
+                                                                   ("second_order", 28, "actions")}
+    assert all(c.n_envs == 8 and "/batch8/" in c.name for c in grid)
+    assert len({c.name for c in grid}) == len(grid)
+    # without sharing every combination is its own configuration; the old names are unchanged
+    assert len(study_grid(["energies", "second_order"], [10, None], ["1", "final"])) == 8
+    assert StudyConfig().name == "env1/second_order/exact/every1/rew-exact/noise-none/steps5000/seed0"
+    with pytest.raises(ValidationError, match="history_of"):
+        StudyConfig(history_of="actions")                    # actions need a window
+    with pytest.raises(ValidationError, match="n_envs"):
+        StudyConfig(n_envs=0)
+    env = StudyConfig(regime="second_order", history=28, history_of="actions", n_envs=3).make_env(n_envs=3)
+    assert env.obs_dim == ChargingVectorEnv(regime="second_order").obs_dim + 28 and env.n_envs == 3
+
+
+def test_aggregate_rows_over_seeds_is_the_mean_and_t_interval_of_the_seed_means():
+    from scipy.stats import t as student
+
+    from qhil.experiments.battery.measurement import aggregate_rows
+    base = {"regime": "zz", "shots": 100, "frequency": "1", "noise": "none", "reward": "exact", "train_steps": 56,
+            "window": "observations:28", "n_envs": 8, "settings": 1, "measured_steps": 29,
+            "shots_per_episode": 2900, "played_steps_per_episode": 40600, "train_total_shots": 5800.0,
+            "wall_s": 1.0, "open_loop": False}
+    means = [3.9, 4.0, 4.2]
+    rows = [base | {"seed": i, "eval_mean": m, "best_explored": m + 0.1} for i, m in enumerate(means)]
+    rows.append(base | {"seed": 0, "eval_mean": 1.0, "best_explored": 1.0, "frequency": "final", "shots": "exact",
+                        "open_loop": True})
+    agg = aggregate_rows(rows)
+    assert [r["regime"] for r in agg] == ["zz", "open loop"] and agg[1]["shots"] == "any"
+    half = student.ppf(0.975, 2) * np.std(means, ddof=1) / np.sqrt(3)
+    assert agg[0]["n_seeds"] == 3 and agg[0]["eval_mean"] == pytest.approx(np.mean(means))
+    assert agg[0]["seed_ci95"] == pytest.approx(half) and agg[0]["eval_min"] == 3.9 and agg[0]["eval_max"] == 4.2
+    assert agg[0]["best_explored"] == pytest.approx(np.mean(means) + 0.1)
+    assert np.isnan(agg[1]["seed_ci95"])                     # one seed: no interval
+
+
+def test_study_setup_preset_fills_only_what_the_command_left_unset(tmp_path, monkeypatch):
+    import argparse
+
+    from qhil.experiments.battery import measurement as M
+    from qhil.lab.commands import study
+    seen = {}
+    monkeypatch.setattr(study, "run_specs", lambda specs, work, ex: seen.update(specs=specs, work=work) or [])
+    monkeypatch.setattr(M, "write_report", lambda work, out: seen.update(out=out) or [])
+    root = argparse.ArgumentParser()
+    study.add_parser(root.add_subparsers(dest="cmd"))
+    args = root.parse_args(["study", "measurement", "--setup", "converged", "--regimes", "energies",
+                            "--shots", "10", "--frequencies", "1,final", "--seeds", "2",
+                            "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")])
+    assert args.func(args) == 1                              # nothing finished (write_report stubbed): exit 1
+    cfgs = [s.config for s in seen["specs"]]
+    assert {c.seed for c in cfgs} == {0, 1}                   # --seeds given: kept
+    assert all(c.total_steps == 56_000 and c.n_envs == 8 and c.history == 28 for c in cfgs)   # preset
+    assert sum(c.open_loop for c in cfgs) == 2                # shared: once per seed
+    assert dict(seen["specs"][0].sac) == {"learning_starts": 4000, "precision": "auto", "updates_per_step": 0.125}
+    assert seen["work"] == tmp_path / "w" and seen["out"] == tmp_path / "o"
+    plain = root.parse_args(["study", "measurement", "--report-only", "--work-dir", str(tmp_path / "w")])
+    plain.func(plain)
+    assert plain.total_steps == 5000 and plain.seeds == 1 and plain.out_dir == study.OUT    # the old defaults
+
+
 # -- open vs closed loop ------------------------------------------------------------------------
 class _ReplayAgent:
     """A 'closed-loop' policy that ignores its measurements and replays a protocol by t_k."""

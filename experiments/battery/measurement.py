@@ -40,6 +40,17 @@ from ..stats import pareto_front, t_half_width
 CUSTOM_REGIMES = {"zz": "custom:" + "+".join(f"Z{i}Z{j}" for i in range(4) for j in range(i + 1, 4))}
 #: K, the charging env's default number of steps (τ = 5.6, Δt = 0.2).
 N_STEPS = 28
+#: ``qhil study measurement --setup`` presets: values for the options left unset. ``converged``
+#: is the batched Table 1 scale (``qhil reproduce --setup batched``: 56k steps, 8 batteries per
+#: call, 1 update per 8 steps, each regime's best memory), 3 seeds, open loop trained once.
+SETUPS: dict[str, dict[str, Any]] = {
+    "converged": {"about": "batched Table 1 scale, 3 seeds (runs/measurement_converged)",
+                  "total_steps": 56_000, "seeds": 3, "n_envs": 8, "updates_per_step": 0.125,
+                  "learning_starts": 4_000, "precision": "auto",
+                  "windows": "energies=28,first_order=28,zz=28,second_order=actions:28", "share_open_loop": True,
+                  "work_dir": Path("runs/measurement_converged"),
+                  "out_dir": Path("docs/results/measurement_converged")},
+}
 #: Aer channels accepted by ``noise`` (probability per step and qubit).
 NOISE_CHANNELS = ("bit_flip", "phase_flip", "depolarizing")
 
@@ -102,6 +113,9 @@ class StudyConfig:
     env: str = "env1"
     seed: int = 0
     total_steps: int = 5_000
+    n_envs: int = 1                   # batteries stepped together (batched training)
+    history: int | None = None        # memory window (HistoryVectorEnv): size, None = off
+    history_of: str = "observations"  # what the window holds: "observations" or "actions"
 
     def __post_init__(self) -> None:
         if self.env not in ENVIRONMENTS:
@@ -119,6 +133,15 @@ class StudyConfig:
             raise ValidationError("total_steps", f"{self.total_steps!r}", "an integer in [1, 10^7]")
         if isinstance(self.seed, bool) or not (isinstance(self.seed, int) and 0 <= self.seed <= SEED_MAX):
             raise ValidationError("seed", f"{self.seed!r}", f"an integer in [0, {SEED_MAX}]")
+        if isinstance(self.n_envs, bool) or not (isinstance(self.n_envs, int) and 1 <= self.n_envs <= 4096):
+            raise ValidationError("n_envs", f"{self.n_envs!r}", "an integer in [1, 4096]")
+        if self.history is not None and (isinstance(self.history, bool) or not isinstance(self.history, int)
+                                         or not 1 <= self.history <= N_STEPS):
+            raise ValidationError("history", f"{self.history!r}", f"None or an integer in [1, {N_STEPS}]")
+        if self.history_of not in ("observations", "actions") or (self.history is None
+                                                                 and self.history_of != "observations"):
+            raise ValidationError("history_of", f"{self.history_of!r}",
+                                  "observations or actions (actions only with a history window)")
 
     @property
     def name(self) -> str:
@@ -126,7 +149,16 @@ class StudyConfig:
         freq = "final" if parse_frequency(self.frequency)[1] else f"every{parse_frequency(self.frequency)[0]}"
         rew = "exact" if self.reward == "exact" else f"tomo{self.tomography_shots or 'exact'}"
         noise = (self.noise or "none").replace(":", "").replace(",", "+")
-        return f"{self.env}/{self.regime}/{shots}/{freq}/rew-{rew}/noise-{noise}/steps{self.total_steps}/seed{self.seed}"
+        batch = "" if self.n_envs == 1 else f"/batch{self.n_envs}"
+        window = "" if self.history is None else f"/window-{self.history_of}{self.history}"
+        return (f"{self.env}/{self.regime}/{shots}/{freq}/rew-{rew}/noise-{noise}/steps{self.total_steps}"
+                f"{batch}{window}/seed{self.seed}")
+
+    @property
+    def open_loop(self) -> bool:
+        """Final-only measurement with the simulator's reward: the policy never sees a
+        measurement before its episode ends, so regime and shots cannot change its training."""
+        return parse_frequency(self.frequency)[1] and self.reward == "exact" and self.noise is None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -143,13 +175,15 @@ class StudyConfig:
     def make_env(self, n_envs: int = 1, battery: DickeBattery | None = None, shots: Any = "same",
                  backend: Any = None, **kwargs: Any) -> ChargingVectorEnv:
         """The charging env of this configuration (``shots="same"``: this config's shots)."""
+        from qhil.envs.history import HistoryVectorEnv
         every, final_only = parse_frequency(self.frequency)
         battery = battery or self.battery()
-        return ChargingVectorEnv(battery=battery, regime=study_observables(self.regime, battery.n_qubits),
-                                 n_envs=n_envs, backend=backend or self.backend(cache_size=max(64, 2 * n_envs)),
-                                 shots=self.shots if shots == "same" else shots, every=every,
-                                 final_only=final_only, reward=self.reward,
-                                 tomography_shots=self.tomography_shots, **kwargs)
+        env = ChargingVectorEnv(battery=battery, regime=study_observables(self.regime, battery.n_qubits),
+                                n_envs=n_envs, backend=backend or self.backend(cache_size=max(64, 2 * n_envs)),
+                                shots=self.shots if shots == "same" else shots, every=every,
+                                final_only=final_only, reward=self.reward,
+                                tomography_shots=self.tomography_shots, **kwargs)
+        return env if self.history is None else HistoryVectorEnv(env, self.history, of=self.history_of)
 
     def cost(self) -> dict[str, int]:
         """Hardware cost of one episode (see :func:`qhil.envs.measurement.episode_cost`)."""
@@ -162,11 +196,34 @@ class StudyConfig:
 
 def study_grid(regimes: Sequence[str], shots: Sequence[int | None], frequencies: Sequence[str],
                noise: str | None = None, reward: str = "exact", tomography_shots: int | None = 1000,
-               env: str = "env1", seeds: Sequence[int] = (0,), total_steps: int = 5_000) -> list[StudyConfig]:
-    """Every combination (regime × shots × frequency × seed), in that nesting order."""
-    return [StudyConfig(regime=r, shots=s, frequency=str(f), noise=noise, reward=reward,
-                        tomography_shots=tomography_shots, env=env, seed=seed, total_steps=total_steps)
-            for seed in seeds for r in regimes for s in shots for f in frequencies]
+               env: str = "env1", seeds: Sequence[int] = (0,), total_steps: int = 5_000, n_envs: int = 1,
+               windows: dict[str, Any] | None = None, share_open_loop: bool = False) -> list[StudyConfig]:
+    """Every combination (regime × shots × frequency × seed), in that nesting order.
+
+    windows:         {regime: (size, of)} memory windows (e.g. ``records.parse_windows``'s); others none
+    share_open_loop: train the open-loop configurations (:attr:`StudyConfig.open_loop`: final only,
+                     simulator reward) once per seed, as the first regime with exact values, since
+                     neither regime nor shots can change them; :func:`aggregate_rows` reports it as
+                     regime "open loop"."""
+    def window(regime: str) -> dict[str, Any]:
+        w = (windows or {}).get(regime)
+        return {} if w is None else {"history": int(w[0]), "history_of": str(w[1])}
+
+    out: list[StudyConfig] = []
+    seen: set[str] = set()
+    for seed in seeds:
+        for r in regimes:
+            for s in shots:
+                for f in frequencies:
+                    c = StudyConfig(regime=r, shots=s, frequency=str(f), noise=noise, reward=reward,
+                                    tomography_shots=tomography_shots, env=env, seed=seed, total_steps=total_steps,
+                                    n_envs=n_envs, **window(r))
+                    if share_open_loop and c.open_loop:
+                        c = dataclasses.replace(c, regime=regimes[0], shots=None, **window(regimes[0]))
+                    if c.name not in seen:
+                        seen.add(c.name)
+                        out.append(c)
+    return out
 
 
 def play_policy(agent: Any, env: ChargingVectorEnv, seed: int | None = None) -> dict[str, np.ndarray]:
@@ -215,7 +272,7 @@ def run_config(cfg: StudyConfig, work_dir: str | Path, n_eval: int = 32, sac: di
         if done is not None and done["status"] == "done" and done["summary"]:
             return done["summary"]
         scfg = sac_config_for(cfg, **(sac or {}))
-        env = cfg.make_env(n_envs=1, reward_weight=reward_weight_for(cfg))
+        env = cfg.make_env(n_envs=cfg.n_envs, reward_weight=reward_weight_for(cfg))
         env.seed(cfg.seed)
         agent = SAC(env.obs_dim, env.action_low, env.action_high, scfg)
         config = {"study": cfg.to_dict(), "sac": scfg.to_dict()}
@@ -253,7 +310,10 @@ def study_rows(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                      "shots_per_episode": cost["total_total_shots"],
                      "played_steps_per_episode": cost["total_played_steps"],
                      "train_episodes": s["episodes"], "train_total_shots": s["train_total_shots"],
-                     "train_played_steps": s["train_played_steps"], "wall_s": s["wall_s"]})
+                     "train_played_steps": s["train_played_steps"], "wall_s": s["wall_s"],
+                     "n_envs": c.get("n_envs", 1),
+                     "window": "" if c.get("history") is None else f"{c.get('history_of', 'observations')}:{c['history']}",
+                     "open_loop": StudyConfig(**c).open_loop})
     key = {"energies": 0, "first_order": 1, "second_order": 2}
     rows.sort(key=lambda r: (key.get(r["regime"], 3), r["regime"], r["noise"], r["reward"],
                              r["shots"] == "exact", r["shots"] if r["shots"] != "exact" else 0,
@@ -360,23 +420,73 @@ def scale_note(rows: list[dict]) -> str:
             f"they are the infinite-shot limit. GRAPE (open loop, no measurement): {GRAPE_ENV1} on Env1.")
 
 
+#: The columns of the seed-aggregated table (:func:`aggregate_rows`).
+AGGREGATE_COLUMNS = ["regime", "shots", "frequency", "window", "n_seeds", "eval_mean", "seed_ci95", "eval_min",
+                     "eval_max", "best_explored", "settings", "shots_per_episode", "played_steps_per_episode",
+                     "train_total_shots"]
+
+
+def aggregate_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per configuration over its seeds: ``eval_mean`` = mean over seeds of each seed's
+    mean exact terminal ergotropy, ``seed_ci95`` its 95% Student-t half-width over seeds (NaN for
+    one seed), min/max over seeds, mean ``best_explored``; cost columns as per seed (identical).
+    Open-loop configurations (final only, simulator reward) are labelled regime ``open loop``
+    and shots ``any``: nothing the policy measures reaches it."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        key = tuple(r[k] for k in ("regime", "shots", "frequency", "noise", "reward", "train_steps", "window"))
+        groups.setdefault(key, []).append(r)
+    out = []
+    for members in groups.values():
+        first = members[0]
+        means = [m["eval_mean"] for m in members]
+        row = {k: first[k] for k in ("regime", "shots", "frequency", "noise", "reward", "train_steps", "window",
+                                     "n_envs", "settings", "measured_steps", "shots_per_episode",
+                                     "played_steps_per_episode")}
+        if first.get("open_loop"):
+            row.update(regime="open loop", shots="any")
+        row |= {"n_seeds": len(members), "seeds": " ".join(str(m["seed"]) for m in sorted(members, key=lambda m: m["seed"])),
+                "eval_mean": float(np.mean(means)), "seed_ci95": t_half_width(means),
+                "eval_min": float(np.min(means)), "eval_max": float(np.max(means)),
+                "best_explored": float(np.mean([m["best_explored"] for m in members])),
+                "train_total_shots": float(np.mean([m["train_total_shots"] for m in members])),
+                "wall_s": float(np.mean([m["wall_s"] for m in members]))}
+        out.append(row)
+    key = {"energies": 0, "first_order": 1, "second_order": 2, "open loop": 9}
+    out.sort(key=lambda r: (key.get(r["regime"], 3), r["regime"], r["noise"], r["reward"], r["shots"] == "exact",
+                            r["shots"] if isinstance(r["shots"], int) else 0, r["frequency"] == "final", r["frequency"]))
+    return out
+
+
 def write_report(work_dir: str | Path, out_dir: str | Path, echo: bool = True) -> list[dict[str, Any]]:
-    """``measurement_study.csv/.md`` and ``pareto.png`` under ``out_dir`` from EVERY finished
-    configuration in ``work_dir`` (printed too with ``echo``). Returns the rows; none (nothing
-    written) if no configuration has finished."""
+    """``measurement_study.csv/.md`` (one row per seed) and ``pareto.png`` under ``out_dir``
+    from EVERY finished configuration in ``work_dir`` (printed too with ``echo``); with several
+    seeds per configuration also ``measurement_study_seeds.csv/.md`` (aggregated over seeds,
+    :func:`aggregate_rows`), and the figure shows those means. Returns the per-seed rows; none
+    (nothing written) if no configuration has finished."""
     rows = study_rows(list(finished_runs(work_dir).values()))
     if not rows:
         return rows
     out = write_tables(out_dir, "measurement_study", rows, REPORT_COLUMNS,
                        "Measurement-limited SAC: terminal ergotropy (exact, simulator) against measurement cost per "
                        "episode", scale_note(rows))
-    write_pareto(rows, out / "pareto.png")
+    agg = aggregate_rows(rows)
+    several = any(r["n_seeds"] > 1 for r in agg)
+    if several:
+        write_tables(out_dir, "measurement_study_seeds", agg, AGGREGATE_COLUMNS,
+                     "Measurement-limited SAC over seeds: mean exact terminal ergotropy ± 95% CI over seeds",
+                     scale_note(rows) + " Here `eval_mean` is the mean over seeds of each seed's evaluation mean and "
+                     "`seed_ci95` its 95% Student-t half-width over seeds. 'open loop' = final-only measurement with "
+                     "the simulator's reward: the policy sees no measurement before the episode ends, so it was "
+                     "trained once per seed for every regime and shot count.")
+    plotted = [r | {"eval_ci95": r["seed_ci95"]} for r in agg] if several else rows
+    write_pareto(plotted, out / "pareto.png", seeds=max(r["n_seeds"] for r in agg))
     if echo:
-        print_rows(rows, REPORT_COLUMNS)
+        print_rows(agg if several else rows, AGGREGATE_COLUMNS if several else REPORT_COLUMNS)
     return rows
 
 
-def write_pareto(rows: list[dict], path: Path) -> None:
+def write_pareto(rows: list[dict], path: Path, seeds: int = 1) -> None:
     """Ergotropy against shots and against played steps per episode, Pareto front of the shot runs."""
     plt = pyplot()
     from matplotlib.lines import Line2D
@@ -386,7 +496,7 @@ def write_pareto(rows: list[dict], path: Path) -> None:
     colors = {g: plt.cm.tab10(i) for i, g in enumerate(regimes)}
     for ax, key, label in ((axes[0], "shots_per_episode", "shots per episode"),
                            (axes[1], "played_steps_per_episode", "control steps played per episode (prefix replays)")):
-        finite = [r for r in rows if r["shots"] != "exact"]
+        finite = [r for r in rows if r["shots"] not in ("exact", "any")]
         for r in finite:
             ax.errorbar(r[key], r["eval_mean"], yerr=r["eval_ci95"] if r["eval_ci95"] == r["eval_ci95"] else 0,
                         marker=markers.get(str(r["frequency"]), "D"), color=colors[r["regime"]], ms=6, ls="none",
@@ -396,8 +506,8 @@ def write_pareto(rows: list[dict], path: Path) -> None:
             ax.plot([finite[i][key] for i in front], [finite[i]["eval_mean"] for i in front], "k-", lw=1,
                     marker="o", ms=13, mfc="none", label="Pareto front (shot runs)")
         for r in rows:
-            if r["shots"] == "exact":
-                ax.axhline(r["eval_mean"], color=colors[r["regime"]], lw=0.8,
+            if r["shots"] in ("exact", "any"):     # ∞ shots, or open loop (no measurement reaches the policy)
+                ax.axhline(r["eval_mean"], color=colors[r["regime"]], lw=0.8 if r["shots"] == "exact" else 2.0,
                            ls={"1": "--", "2": "-.", "final": ":"}.get(str(r["frequency"]), "--"), alpha=0.7)
         ax.axhline(GRAPE_ENV1, color="k", lw=1.2, ls=":", label=f"GRAPE open loop {GRAPE_ENV1} (no measurement)")
         ax.set_xscale("log")
@@ -410,10 +520,15 @@ def write_pareto(rows: list[dict], path: Path) -> None:
                 Line2D([], [], color="k", ls="-", marker="o", ms=9, mfc="none", label="Pareto front (shot runs)"),
                 Line2D([], [], color="k", ls=":", label=f"GRAPE {GRAPE_ENV1}"),
                 Line2D([], [], color="gray", marker="o", mfc="none", ls="none", label="tomography reward / noise")]
+    if "open loop" in colors:
+        handles.append(Line2D([], [], color=colors["open loop"], lw=2.0, ls=":",
+                              label="open loop (final only, simulator reward)"))
     fig.legend(handles=handles, fontsize=7, loc="center right")
     steps = sorted({r["train_steps"] for r in rows})
+    over = "one seed: mean ± 95% CI over evaluation episodes" if seeds == 1 else \
+        f"{seeds} seeds: mean over seeds ± 95% CI over seeds"
     fig.suptitle(f"Measurement-limited SAC on {len(rows)} configurations ({'/'.join(map(str, steps))} training steps, "
-                 "one seed): deterministic policy, mean ± 95% CI", fontsize=10)
+                 f"{over}); deterministic policy", fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.82, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -26,6 +26,8 @@ from . import args as A
 from .executor_options import add_executor_options, executor_from_args
 
 OUT, WORK, ENVS = Path("docs/results/measurement"), Path("runs/measurement"), ["env1", "env2", "env3"]
+#: ``study measurement`` options a ``--setup`` preset may fill: their values when neither sets them.
+MEASUREMENT_DEFAULTS = {"total_steps": 5000, "seeds": 1, "work_dir": WORK, "out_dir": OUT}
 
 
 def _items(check: Callable[[str], Any], name: str, one: bool = False) -> Callable[[str], str]:
@@ -62,17 +64,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--reward", choices=["exact", "tomography_terminal"], default="exact")
     m.add_argument("--tomography-shots", type=A.shots(), default=1000, help="per setting, for tomography_terminal")
     m.add_argument("--env", choices=ENVS, default="env1")
-    m.add_argument("--seeds", type=A.int_in(1, 100), default=1, help="seeds 0..S-1, S in 1..100")
-    m.add_argument("--total-steps", type=A.int_in(28, 10_000_000), default=5000,
-                   help="SAC environment steps per configuration (≥ 28: one episode)")
+    m.add_argument("--seeds", type=A.int_in(1, 100), default=None, help="seeds 0..S-1, S in 1..100 (default 1)")
+    m.add_argument("--total-steps", type=A.int_in(28, 10_000_000), default=None,
+                   help="SAC environment steps per configuration (≥ 28: one episode; default 5000)")
     m.add_argument("--n-eval", type=A.int_in(2, 100_000), default=32, help="evaluation episodes of the trained policy")
     m.add_argument("--hidden", type=A.ints(1, 65_536), default=None, help="SAC hidden sizes (default 512,256)")
     m.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=None,
                    help="SAC update precision (auto: bf16 only where the CPU runs it natively and faster)")
+    m.add_argument("--n-envs", type=A.int_in(1, 4096), default=None, help="batteries stepped together (batched)")
+    m.add_argument("--updates-per-step", type=A.float_in(0.0, 64.0, low_open=True), default=None,
+                   help="SAC gradient updates per environment step")
+    m.add_argument("--learning-starts", type=A.int_in(0, 10_000_000), default=None,
+                   help="random-action warm-up steps (default min(5000, total/5))")
+    m.add_argument("--windows", type=A.checked(lambda t: (_windows(t), t)[1], "windows"), default=None,
+                   help="memory per regime, e.g. energies=28,zz=28,second_order=actions:28")
+    m.add_argument("--share-open-loop", action="store_true",
+                   help="train final-only configurations (open loop) once per seed for all regimes and shots")
+    m.add_argument("--setup", choices=sorted(M.SETUPS), default=None,
+                   help="preset for the options left unset: " + "; ".join(f"{k}: {v['about']}" for k, v in M.SETUPS.items()))
     _folders(m)
     m.add_argument("--report-only", action="store_true", help="only the table/figure of finished runs")
     add_executor_options(m, jobs=1)
-    m.set_defaults(func=run_measurement)
+    m.set_defaults(func=run_measurement, **{k: None for k in MEASUREMENT_DEFAULTS})
     t = st.add_parser("tomography", help="bias and spread of the tomography ergotropy estimator")
     t.add_argument("--env", choices=ENVS, default="env1")
     t.add_argument("--shots", type=A.shots_list(), default=[100, 1000, 10000])
@@ -98,11 +111,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     o.set_defaults(func=run_open_closed)
 
 
+def _windows(text: str) -> dict[str, tuple[int, str]]:
+    """``energies=28,second_order=actions:28`` → {regime: (size, of)} (ValueError naming the part)."""
+    out: dict[str, tuple[int, str]] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, spec = item.partition("=")
+        M.study_observables(name, 4)
+        of, colon, k = spec.rpartition(":")
+        if (of or colon) and of not in ("observations", "actions"):
+            raise ValueError(f"the window of {name} holds observations or actions, not {of!r}")
+        if not (k.isascii() and k.isdecimal() and 1 <= int(k) <= M.N_STEPS):
+            raise ValueError(f"the window of {name} must be an integer in [1, {M.N_STEPS}], got {k!r}")
+        out[name] = (int(k), of or "observations")
+    return out
+
+
 def run_measurement(args: argparse.Namespace) -> int:
+    preset = M.SETUPS.get(args.setup or "", {})
+    for key, value in {**MEASUREMENT_DEFAULTS, **preset}.items():   # the preset, then the defaults,
+        if key != "about" and getattr(args, key) in (None, False):     # fill what the command left unset
+            setattr(args, key, value)
     configs = M.study_grid(args.regimes.split(","), args.shots, args.frequencies.split(","), noise=args.noise,
                            reward=args.reward, tomography_shots=args.tomography_shots, env=args.env,
-                           seeds=range(args.seeds), total_steps=args.total_steps)
-    sac = {k: v for k, v in (("hidden", tuple(args.hidden or ())), ("precision", args.precision)) if v}
+                           seeds=range(args.seeds), total_steps=args.total_steps, n_envs=args.n_envs or 1,
+                           windows=_windows(args.windows or ""), share_open_loop=args.share_open_loop)
+    sac = {k: v for k, v in (("hidden", tuple(args.hidden or ())), ("precision", args.precision),
+                             ("updates_per_step", args.updates_per_step),
+                             ("learning_starts", args.learning_starts)) if v}
     specs, executor = M.measurement_runs(configs, args.n_eval, sac), executor_from_args(args)   # all checked
     bad = [] if args.report_only else [o for o in run_specs(specs, args.work_dir, executor) if o.status == "failed"]
     if bad:
