@@ -19,7 +19,7 @@ import sys
 from typing import Any, Sequence
 
 #: Subcommand modules, in the order ``qhil --help`` lists them.
-COMMANDS = ["simulate", "lab", "deploy", "grape", "train", "reproduce", "study", "sweep", "tune"]
+COMMANDS = ["simulate", "lab", "deploy", "grape", "optimize", "train", "reproduce", "study", "sweep", "tune"]
 
 #: A token that is a number, or a number list / expression, starting with a minus sign:
 #: ``-1``, ``-.5``, ``-1e-3``, ``-0.1,0.2``, ``-0.3*4``, ``-0.1,0.2;0.3,0`` — never an option name.
