@@ -172,7 +172,7 @@ def residual_reference(protocol: str | Path, n_steps: int, tau: float) -> tuple[
         try:
             src = load_run(path, name or None)
         except ValidationError as exc:
-            raise ValidationError("residual", f"{text!r}: {exc}", "a run folder with one run, or DIR::NAME") from None
+            raise _renamed(exc, "residual") from None
         if not src.best or not src.best.get("protocol"):
             raise ValidationError("residual", f"run {src.name!r} in {folder!r} has no best protocol", "a trained run")
         ref, dt = np.asarray(src.best["protocol"], dtype=float), src.dt
@@ -181,7 +181,7 @@ def residual_reference(protocol: str | Path, n_steps: int, tau: float) -> tuple[
         try:
             ref, dt, _ = read_protocol(path)
         except ValidationError as exc:
-            raise ValidationError("residual", str(exc), "a protocol file, a run folder or constant:x") from None
+            raise _renamed(exc, "residual") from None
         prov = {"protocol": text}
     if ref.ndim == 2 and ref.shape[1] == 1:
         ref = ref[:, 0]
@@ -192,6 +192,15 @@ def residual_reference(protocol: str | Path, n_steps: int, tau: float) -> tuple[
         raise ValidationError("residual", f"{text!r} was played at Δt = {dt:g}",
                               f"Δt = τ/K = {tau / n_steps:g} (give the matching --tau)")
     return ref, prov
+
+
+def _renamed(exc: Any, name: str) -> Any:
+    """``exc`` (a ValidationError of a helper) as one naming the option ``name``."""
+    from qhil.drivers import ValidationError
+    text = str(exc)
+    if exc.allowed and text.endswith(f" (allowed: {exc.allowed})"):
+        text = text[: -len(f" (allowed: {exc.allowed})")]
+    return ValidationError(name, text, exc.allowed)
 
 
 def file_sha256(path: Path) -> str:
@@ -215,8 +224,7 @@ def init_source(init_from: str | Path, init_run: str | None = None) -> tuple[Any
     try:
         src = load_run(Path(init_from), init_run)
     except ValidationError as exc:
-        raise ValidationError("init_from", str(exc), "a `qhil train --run-dir` folder (and --init-run "
-                              "when it holds several runs) with its checkpoint") from None
+        raise _renamed(exc, "init_from") from None
     try:
         blob = torch.load(src.checkpoint, weights_only=False)
         agent = blob["agent"]
@@ -565,6 +573,15 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
     residual_pair = None if ref is None else (ref, residual_scale)
     venv = _residual_env(venv, residual_pair)
     agent = SAC(venv.obs_dim, venv.action_low, venv.action_high, cfg)
+    residual_record = None if ref is None else {"reference": ref.tolist(), "scale": residual_scale}
+    ckpt = checkpoint_path(run_dir, run)
+    loaded = None                   # fine-tune: the source's networks, unless the run resumes from its own
+    if init_from is not None and not ckpt.exists():
+        source, loaded = init_source(init_from, init_run)
+        layout = {"obs_dim": int(venv.obs_dim), "regime": regime, "history": history, "history_of": history_of,
+                  "n_steps": int(n_steps), "bounds": [chan.lower, chan.upper], "residual": residual_record,
+                  "every": int(every), "final_only": bool(final_only)}
+        loaded |= initialise_from(agent, source, layout)
     run_dir.mkdir(parents=True, exist_ok=True)
     store = RunStore(run_dir / "runs.sqlite")
     config: dict[str, Any] = {"env": env, "regime": regime,
@@ -585,7 +602,7 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
              "shots": None if shots is None else int(shots), "every": int(every) if every != 1 else None,
              "final_only": True if final_only else None, "reward": reward if reward != "exact" else None,
              "tomography_shots": tomography_shots if reward != "exact" else None,
-             "residual": None if ref is None else {"reference": ref.tolist(), "scale": residual_scale},
+             "residual": residual_record,
              "residual_protocol": None if ref is None else ref_info}
     config |= {k: v for k, v in extra.items() if v is not None}
     recorded = store.runs().get(run)
@@ -598,37 +615,29 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
         store.close()
         raise ValidationError(", ".join(changed), f"run {run!r} was recorded with (recorded, now) {changed}",
                               "the recorded values, or another --run or --run-dir")
-    # -- fine-tuning: the source's weights, unless the run resumes from its own checkpoint --------
-    ckpt = checkpoint_path(run_dir, run)
+    # -- fine-tuning: the same source as recorded; a resume keeps the run's own record -----------
     before = None if recorded is None else recorded["config"].get("init_from")
     try:
         if init_from is None and before is not None:
             raise ValidationError("init_from", f"run {run!r} was fine-tuned from {before['path']}::{before['run']}",
                                   "the same --init-from (and --init-run), or another --run or --run-dir")
         if init_from is not None:
-            here = {"path": str(Path(init_from).resolve()), "run": init_run}
+            here = str(Path(init_from).resolve())
             if recorded is not None and before is None:
                 raise ValidationError("init_from", f"run {run!r} was recorded without it (trained from scratch)",
                                       "no --init-from, or another --run or --run-dir")
-            if before is not None and (before["path"] != here["path"]
-                                       or (init_run is not None and before["run"] != init_run)):
+            if before is not None and (before["path"] != here or (init_run is not None and before["run"] != init_run)):
                 raise ValidationError("init_from", f"run {run!r} was fine-tuned from "
-                                      f"{before['path']}::{before['run']}, not {here['path']}::{init_run}",
+                                      f"{before['path']}::{before['run']}, not {here}::{init_run}",
                                       "the recorded source, or another --run or --run-dir")
-            if ckpt.exists() and before is not None:
-                config["init_from"] = before          # resume: the run's own checkpoint, the source unread
-            else:
-                source, record = init_source(init_from, init_run)
-                if before is not None and before["sha256"] != record["sha256"]:
-                    raise ValidationError("init_from", f"the checkpoint of {record['path']}::{record['run']} "
-                                          "changed since this run started from it",
-                                          "the source as it was, or another --run or --run-dir")
-                layout = {"obs_dim": int(venv.obs_dim), "regime": regime, "history": history,
-                          "history_of": history_of, "n_steps": int(n_steps),
-                          "bounds": [chan.lower, chan.upper], "residual": config.get("residual"),
-                          "every": int(every), "final_only": bool(final_only)}
-                record |= initialise_from(agent, source, layout)
-                config["init_from"] = record
+            if loaded is not None and before is not None and before["sha256"] != loaded["sha256"]:
+                raise ValidationError("init_from", f"the checkpoint of {loaded['path']}::{loaded['run']} "
+                                      "changed since this run started from it",
+                                      "the source as it was, or another --run or --run-dir")
+            config["init_from"] = loaded if loaded is not None else before
+            if config["init_from"] is None:
+                raise ValidationError("init_from", f"run {run!r} has a checkpoint {str(ckpt)!r} but no recorded "
+                                      "source", "another --run or --run-dir")
     except ValidationError:
         store.close()
         raise

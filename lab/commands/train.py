@@ -17,6 +17,19 @@ Beyond Table 1 (issue 7):
     qhil train --history 28 --history-of actions              # current observation + last 28 actions
     qhil train --omega-range 0.5,1.5 --eval-random 8 --test-random 32   # domain randomisation
 
+Fine-tuning on a device (issue 14):
+
+    qhil train --init-from runs/sim --backend emulator --emulator amplitude_error=0.05 --shots 100
+    qhil train --residual docs/results/grape_env1.json --residual-scale 0.1 --backend emulator --shots 100
+    qhil train --init-from runs/sim --init-run env1/energies/seed0 --backend zmq://127.0.0.1:5555 --shots 1000
+
+``--init-from DIR`` (``--init-run NAME`` when DIR holds several runs) starts from that run's
+networks with a fresh replay buffer and step count; ``--residual`` (a GRAPE file, a run folder,
+DIR::NAME, or constant:x) makes the action a correction of at most ``--residual-scale`` ω_0.
+On a backend without a state (emulator, zmq) the reward is measured: ``tomography_terminal``
+(measured ΔE, tomography ℰ(τ)) unless ``--weight 1`` (measured energy). Every shot is counted
+(summary: shots_spent, experiments_run, device_s, evaluation_cost).
+
 The run is a :class:`qhil.experiments.battery.training.ChargingRunSpec` (selection, held-out
 report, resume checks: see there); this module only turns the options into one.
 """
@@ -29,10 +42,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .args import backend_spec, choice_list, float_in, floats, input_file, int_in, output_dir, output_file
+from .args import backend_spec, checked, choice_list, float_in, floats, input_file, int_in, output_dir, output_file
 from .model_options import add_model_options, model_from_args, model_label
 
 REGIME_CHOICES = ["full_state", "energies", "first_order", "second_order"]
+
+
+def _train_backend(text: str) -> str:
+    """``emulator`` (the in-process emulator, see --emulator) or a driver spec."""
+    if text == "emulator" or text.startswith("zmq://"):
+        return text if text == "emulator" else backend_spec(text)
+    if text in ("statevector", "aer"):
+        return text
+    raise ValueError("allowed: statevector, aer, zmq://host:port or emulator")
+
+
+train_backend = checked(_train_backend, "backend", "text")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,8 +69,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="charging time τ in (0, 10⁴] (1/ω_0; default 5.6)")
     s.add_argument("--steps", dest="n_steps", type=int_in(1, 10_000), default=28,
                    help="K piecewise-constant steps (default 28); Δt = τ/K")
-    s.add_argument("--backend", type=backend_spec, default="statevector",
-                   help="driver spec: statevector (default), aer or zmq://host:port")
+    s.add_argument("--backend", type=train_backend, default="statevector",
+                   help="driver spec: statevector (default), aer, zmq://host:port, or emulator (in-process)")
+    s.add_argument("--emulator", default=None,
+                   help="--backend emulator's imperfections, e.g. amplitude_error=0.05,rise_time=0.02 "
+                        "(amplitude_error, rise_time, frequency_drift, readout_error, oversample)")
+    s.add_argument("--shots", type=int_in(1, 10_000_000), default=None,
+                   help="shots per setting of each observation (default exact; needed on a measuring backend)")
+    s.add_argument("--every", type=int_in(1, 1_000_000), default=1,
+                   help="measure the observation every m-th step (the policy sees the last values held)")
+    s.add_argument("--final-only", action="store_true", help="measure the observation only after the last step")
+    s.add_argument("--reward", choices=["exact", "tomography_terminal"], default=None,
+                   help="exact (simulators; or --weight 1 anywhere) or tomography_terminal (measured); "
+                        "default: exact where the backend returns a state, else tomography_terminal")
+    s.add_argument("--tomography-shots", type=int_in(1, 10_000_000), default=1000,
+                   help="shots per setting of the terminal tomography (reward tomography_terminal; default 1000)")
+    s.add_argument("--init-from", default=None,
+                   help="fine-tune: start from the policy of this `qhil train --run-dir` folder")
+    s.add_argument("--init-run", default=None, help="--init-from's run, when its folder holds several")
+    s.add_argument("--residual", default=None,
+                   help="residual mode: reference protocol (GRAPE JSON, run folder or DIR::NAME, constant:x)")
+    s.add_argument("--residual-scale", type=float_in(0.0, 1e6, low_open=True), default=None,
+                   help="residual mode: largest correction s (ω_0), in (0, λ_max − λ_min]")
     s.add_argument("--n-envs", type=int_in(1, 4096), default=1, help="batteries stepped together in one backend call")
     s.add_argument("--config", type=input_file, default=None, help="JSON/TOML file of SAC options")
     s.add_argument("--run-dir", type=output_dir, default=Path("runs/train"), help="run store + checkpoints")
@@ -99,7 +144,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 SPEC_OPTIONS = ("regime", "tau", "n_steps", "backend", "n_envs", "checkpoint_every", "checkpoint_seconds",
                 "target", "weight", "w_mean", "w_width", "tensorboard",
                 "history", "history_of", "omega_range", "omega_spread", "omega_seed",
-                "eval_envs", "eval_random", "eval_every", "test_random")
+                "eval_envs", "eval_random", "eval_every", "test_random",
+                "shots", "every", "final_only", "reward", "tomography_shots", "init_from", "init_run",
+                "residual", "residual_scale")
 
 
 def sac_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -113,18 +160,39 @@ def spec_from_args(args: argparse.Namespace) -> Any:
     from qhil.agents.sac_config import SACConfig
     from qhil.experiments.battery.training import ChargingRunSpec
     battery, provenance = model_from_args(args)
+    from qhil.drivers import ValidationError
     over = sac_overrides(args)
+    if args.init_from is not None and "hidden" not in over:      # the source's network sizes
+        over |= _source_hidden(args.init_from, args.init_run)
+    if args.emulator is not None and args.backend != "emulator":
+        raise ValidationError("emulator", "imperfections given without --backend emulator", "--backend emulator")
     legacy: dict[str, float] = {}                # an older options file's w_mean/w_width: the env's
     sac = SACConfig.from_file(args.config, legacy, **over) if args.config is not None else SACConfig.from_dict(over)
     fields = {k: getattr(args, k) for k in SPEC_OPTIONS} | {"eval_envs": tuple(args.eval_envs)}
     fields |= {k: v for k, v in legacy.items() if fields.get(k) is None}
     if fields["tensorboard"] is not None:
         fields["tensorboard"] = str(fields["tensorboard"])
+    if args.backend == "emulator":               # the device emulator, in this process
+        from qhil.envs import ENVIRONMENTS, DickeBattery
+        from qhil.lab.device_backend import emulator_backend, parse_imperfections
+        model = battery if battery is not None else DickeBattery(omegas=ENVIRONMENTS[args.env])
+        fields["backend"] = emulator_backend(model, seed=sac.seed, imperfections=parse_imperfections(args.emulator or ""))
     spec = ChargingRunSpec(env=model_label(battery, provenance), sac=sac, model=battery, model_provenance=provenance,
                            run=args.run, progress=not args.no_progress, **fields)
     spec.sac_config()                            # validated now
     spec.reward_weight()
     return spec
+
+
+def _source_hidden(init_from: str, init_run: str | None) -> dict[str, Any]:
+    """{"hidden": the --init-from run's layer sizes}, or {} when it cannot be read (train refuses it then)."""
+    from qhil.drivers import ValidationError
+    from qhil.experiments.battery.deployment import load_run
+    try:
+        hidden = load_run(Path(init_from), init_run).config.get("sac", {}).get("hidden")
+    except (ValidationError, OSError):
+        return {}
+    return {"hidden": tuple(hidden)} if hidden else {}
 
 
 def train_fields(words: list[str]) -> dict[str, Any]:
@@ -149,6 +217,8 @@ def train_fields(words: list[str]) -> dict[str, Any]:
         raise ValueError(f"model options ({', '.join(model)}) are set by reproduce (its --envs)")
     sac = {k: v for k, v in given.items() if k in {f.name for f in dataclasses.fields(SACConfig)}}
     SACConfig.from_dict(sac)             # SAC values in range (e.g. --gamma 2 is refused)
+    if given.get("backend") == "emulator" or "emulator" in given:
+        raise ValueError("--backend emulator / --emulator are for qhil train itself")
     out: dict[str, Any] = {k: v for k, v in given.items() if k in SPEC_OPTIONS}
     if "eval_envs" in out:
         out["eval_envs"] = tuple(out["eval_envs"])
