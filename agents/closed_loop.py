@@ -275,7 +275,19 @@ class _Loop:
                     self.incumbent = _Incumbent(xs[best].copy(), controls[best], vals, [m.std for m in again])
             else:
                 self.incumbent = _Incumbent(xs[best].copy(), controls[best], [float(values[best])], [ms[best].std])
+            self._trace_incumbent()
         return -values
+
+    def _trace_incumbent(self) -> None:
+        """The trace's entry for the latest evaluation holds the incumbent after its batch's decision."""
+        inc = self.incumbent
+        if inc is None:
+            return
+        entry = {"evaluation": self.evals, "shots_spent": self.shots, "incumbent_fom": inc.mean, "incumbent_std": inc.std}
+        if self.trace and self.trace[-1]["evaluation"] == self.evals:
+            self.trace[-1] = entry
+        else:
+            self.trace.append(entry)
 
     def finish(self) -> None:
         """The final re-evaluation of the incumbent (its budget was reserved)."""
@@ -283,8 +295,7 @@ class _Loop:
             again = self._measure(np.repeat(self.incumbent.controls[None], self.reevaluate, axis=0), "reeval")
             self.incumbent.values += [m.value - self.correction for m in again]
             self.incumbent.stds += [m.std for m in again]
-            self.trace.append({"evaluation": self.evals, "shots_spent": self.shots,
-                               "incumbent_fom": self.incumbent.mean, "incumbent_std": self.incumbent.std})
+            self._trace_incumbent()
 
 
 # -- the optimisers ---------------------------------------------------------------------------
