@@ -23,8 +23,9 @@ a reference protocol (:class:`~qhil.envs.residual.ResidualActionEnv`); ``backend
 Backend object (the emulator's :class:`DeviceBackend`) with ``shots``/``every``/``final_only``
 observations. Every experiment the training and the final evaluation run is counted
 (:class:`ShotCounter`): the summary and the finish record hold ``shots_spent``,
-``experiments_run`` and ``device_s`` of the training (kept across resumes, replayed episodes
-included) and ``evaluation_cost`` (the same three) of the final evaluation.
+``experiments_run`` and ``device_s`` of the training (kept across resumes in the run's recorded
+``config["spent"]``, replayed episodes included) and ``evaluation_cost`` (the same three) of the
+final evaluation.
 """
 from __future__ import annotations
 
@@ -295,22 +296,6 @@ def _brief(residual: dict[str, Any] | None) -> str | None:
         return None
     ref = residual["reference"]
     return f"residual, scale {residual['scale']:g}, reference {ref[:3]}… ({len(ref)} steps)"
-
-
-def _load_ledger(path: Path) -> dict[str, Any] | None:
-    import json
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _save_ledger(path: Path, doc: dict[str, Any]) -> None:
-    import json
-    import os
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -654,9 +639,8 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
 
     select_envs = {name: fixed_env(ENVIRONMENTS[name]) for name in (eval_envs or [])}
     select_envs |= {f"val{i}": fixed_env(w) for i, w in enumerate(heldout_realisations(eval_random, VALIDATION_SEED))}
-    ledger = run_dir / (run.replace("/", "_") + "_shots.json")
-    if recorded is not None:                        # shots spent by earlier processes of this run
-        train_counter.__init__((_load_ledger(ledger) or {}).get("training"))
+    if recorded is not None:                        # spent by earlier processes of this run (its ledger)
+        train_counter.__init__(recorded["config"].get("spent"))
     stop = (lambda st: st.best >= target) if target is not None else None
     selector = None
     if select_envs:
@@ -666,7 +650,7 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
     then = stop
 
     def stop_and_count(st: Any) -> bool:            # after each round: the ledger, then the stop rule
-        _save_ledger(ledger, {"training": train_counter.totals()})
+        store.annotate(run, spent=train_counter.totals())
         return bool(then(st)) if then is not None else False
 
     state = train_off_policy(agent, venv, store=store, run=run, config=config,
@@ -682,7 +666,7 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
     if selector is not None:        # selection is the training's spend (select_backend)
         if not selector.history or selector.history[-1]["episode"] != state.episode:
             selector.record(state.episode, state.step)          # the final policy is a candidate too
-    _save_ledger(ledger, {"training": train_counter.totals()})
+    store.annotate(run, spent=train_counter.totals())
     if selector is not None:
         selected = selector.restore_best()
         report_envs = {name: fixed_env(w, final_backend) for name, w in ENVIRONMENTS.items()}
