@@ -395,12 +395,15 @@ class ChargingVectorEnv:
         if self.reward_mode == "tomography_terminal":
             d_e, d_erg, extra = self._measured_terms(results if measured else None)
         w = self.current_weight()
-        reward = w * d_e + (1.0 - w) * (d_erg if (self.has_density or self.reward_mode != "exact") else 0.0)
+        # no state and no tomography (w = 1 on hardware): nothing measures Δℰ; its term is 0, not NaN
+        # (the replay buffer recombines the terms with the weight of the update: 0 · NaN would poison it)
+        erg_term = d_erg if (self.has_density or self.reward_mode != "exact") else np.zeros(self.n_envs)
+        reward = w * d_e + (1.0 - w) * erg_term
         self._energy, self._ergotropy = e, erg
         self.n_step += self.n_envs
         done = np.full(self.n_envs, self.k == self.n_steps)
         info = {"energy": e, "ergotropy": erg, "tls_energies": e_j, "delta_energy": d_e,
-                "delta_ergotropy": d_erg, "reward_terms": np.stack([d_e, d_erg], axis=1),
+                "delta_ergotropy": d_erg, "reward_terms": np.stack([d_e, erg_term], axis=1),
                 "weight": np.full(self.n_envs, w), "k": np.full(self.n_envs, self.k),
                 "clipped": clipped, "clipped_total": self._clipped_episode.copy(), **extra}
         return self._observe(results, self.k), reward, done, np.zeros(self.n_envs, bool), info

@@ -132,3 +132,9 @@ def parse_imperfections(text: str) -> dict[str, float]:
         except ValueError:
             raise ValidationError(key, f"{value!r} is not a number", "a number") from None
     return out
+
+
+def study_device(model: Any, imperfections: Mapping[str, Any], seed: int) -> DeviceBackend:
+    """The device factory of ``qhil study sim-to-real``: the emulator of ``model`` with
+    ``imperfections``, drift and shot noise seeded by ``seed`` (module level: picklable)."""
+    return emulator_backend(model, seed=seed, imperfections=imperfections)

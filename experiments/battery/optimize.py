@@ -30,8 +30,8 @@ import numpy as np
 
 from qhil.drivers import ValidationError
 
-METHODS = ("cmaes", "nelder-mead", "powell", "spsa")
-BASES = ("piecewise", "dcrab")
+from qhil.agents.closed_loop import BASES, METHODS  # noqa: E402  (the optimisers' own names)
+
 FIGURES = ("energy", "ergotropy")
 #: default initial steps (x units: ω_0 for piecewise, amplitudes for dCRAB); SPSA moves every
 #: component at once, so its first step is small

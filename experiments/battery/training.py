@@ -38,7 +38,9 @@ _RUN_IDENTITY = ("env", "regime", "history", "history_of")
 #: Recorded since runs may use any model: compared when the recorded run has them.
 _TWIN_IDENTITY = ("model", "tau", "n_steps")
 #: Recorded only when not the default (older runs lack them): compared as recorded.
-_MEASUREMENT_IDENTITY = ("shots", "every", "final_only", "reward", "tomography_shots", "residual")
+_MEASUREMENT_IDENTITY = ("shots", "every", "final_only", "reward", "tomography_shots", "residual", "mismatch")
+#: Ranges of the domain randomisation over the device mismatch (:class:`~qhil.envs.mismatch.MismatchRandomisedEnv`).
+MISMATCH_KEYS = ("amplitude_error", "rise_time", "frequency_spread", "readout_error")
 #: Seeds of the random validation (selection) and test (report) disorder realisations.
 VALIDATION_SEED, TEST_SEED = 1001, 2002
 
@@ -82,14 +84,26 @@ class MeasuredEpisodes:
       from (``seed``, environment steps so far), so a resumed run replays the same noise;
     * on a backend without a state, ``info["ergotropy"]`` at the last step is the tomography
       estimate (``reward="tomography_terminal"``): the figure the run store and the best
-      explored protocol are judged by is the measured one.
+      explored protocol are judged by is the measured one;
+    * on a backend without a state and with the measured-energy reward (w = 1, no tomography),
+      nothing measures the ergotropy: both recorded figures are the measured final energy
+      (``figures = ("energy", "energy")``, objective ``energy``).
     """
 
-    _OWN = {"env", "noise_seed"}
+    _OWN = {"env", "noise_seed", "energy_only"}
 
     def __init__(self, env: Any, seed: int | None = None) -> None:
         object.__setattr__(self, "env", env)
         object.__setattr__(self, "noise_seed", seed)
+        object.__setattr__(self, "energy_only", not env.has_density and env.reward_mode == "exact")
+
+    @property
+    def figures(self) -> tuple[str, ...]:
+        return ("energy", "energy") if self.energy_only else tuple(self.env.figures)
+
+    @property
+    def objective(self) -> str:
+        return "energy" if self.energy_only else str(self.env.objective)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.env, name)
@@ -355,6 +369,8 @@ class ChargingRunSpec:
     init_run: str | None = None
     residual: str | None = None
     residual_scale: float | None = None
+    mismatch: Mapping[str, float] | None = None
+    mismatch_seed: int | None = None
     n_envs: int = 1
     checkpoint_every: int = 200
     checkpoint_seconds: float | None = 60.0
@@ -410,7 +426,9 @@ class ChargingRunSpec:
                          tau=self.tau, n_steps=self.n_steps, checkpoint_seconds=self.checkpoint_seconds,
                          shots=self.shots, every=self.every, final_only=self.final_only, reward=self.reward,
                          tomography_shots=self.tomography_shots, init_from=self.init_from,
-                         init_run=self.init_run, residual=self.residual, residual_scale=self.residual_scale)
+                         init_run=self.init_run, residual=self.residual, residual_scale=self.residual_scale,
+                         mismatch=None if self.mismatch is None else dict(self.mismatch),
+                         mismatch_seed=self.mismatch_seed)
 
 
 def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = None,
@@ -426,7 +444,8 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
               shots: int | None = None, every: int = 1, final_only: bool = False, reward: str | None = None,
               tomography_shots: int | None = 1000, init_from: str | Path | None = None,
               init_run: str | None = None, residual: str | Path | None = None,
-              residual_scale: float | None = None) -> dict[str, Any]:
+              residual_scale: float | None = None, mismatch: Mapping[str, float] | None = None,
+              mismatch_seed: int | None = None) -> dict[str, Any]:
     """Train (resuming if a checkpoint exists), evaluate, record; return the summary.
 
     env:          the preset's name (env1…), or a label (e.g. ``custom``) when ``battery`` is given
@@ -438,6 +457,9 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
     history_of:   what the window holds, "observations" or "actions" (recorded only if "actions")
     omega_range / omega_spread / omega_seed: domain randomisation
                   (:class:`~qhil.envs.robust.RandomisedChargingEnv`); seed default ``cfg.seed``
+    mismatch / mismatch_seed: domain randomisation over the device mismatch, ranges of
+                  :data:`MISMATCH_KEYS` (:class:`~qhil.envs.mismatch.MismatchRandomisedEnv`);
+                  seed default ``cfg.seed``
     weight:       fixed w of Eq. (11) (recorded in the config)
     reward_weight: the env's :class:`~qhil.envs.charging.RewardWeight` (unscaled; default: the
                   fixed ``weight``, else the paper's schedule); scaled by ``cfg.schedule_scale``
@@ -504,6 +526,14 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
     run = run or f"{env}/{regime}/seed{cfg.seed}"
     run_dir = Path(run_dir)
     randomised = omega_range is not None or omega_spread is not None
+    if mismatch is not None:
+        unknown = sorted(set(mismatch) - set(MISMATCH_KEYS))
+        if unknown or not isinstance(mismatch, Mapping):
+            raise ValidationError("mismatch", f"unknown range {unknown[0] if unknown else mismatch!r}",
+                                  ", ".join(MISMATCH_KEYS))
+        if randomised:
+            raise ValidationError("mismatch", "given with omega_range/omega_spread",
+                                  "one domain randomisation: mismatch's frequency_spread covers the frequencies")
     shape = {"tau": tau, "n_steps": n_steps}
     # -- the device side: backend, measurements, reward, residual and source, all checked first --
     if shots is not None and (isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 1):
@@ -543,12 +573,18 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
     measure = {"shots": shots, "every": every, "final_only": final_only, "reward": reward,
                "tomography_shots": tomography_shots}
     backend_train = RecordingBackend(raw_backend, train_counter)
-    if randomised:
-        venv: Any = RandomisedChargingEnv(battery, regime=regime,
-                                          omega_range=omega_range, omega_spread=omega_spread,
-                                          omega_seed=cfg.seed if omega_seed is None else omega_seed,
+    if mismatch is not None:
+        from qhil.envs.mismatch import MismatchRandomisedEnv
+        venv: Any = MismatchRandomisedEnv(battery, regime=regime, **dict(mismatch),
+                                          mismatch_seed=cfg.seed if mismatch_seed is None else mismatch_seed,
                                           n_envs=n_envs, backend=backend_train, reward_weight=schedule,
                                           **shape, **measure)
+        mismatch_record = venv.config()
+    elif randomised:
+        venv = RandomisedChargingEnv(battery, regime=regime, omega_range=omega_range, omega_spread=omega_spread,
+                                     omega_seed=cfg.seed if omega_seed is None else omega_seed,
+                                     n_envs=n_envs, backend=backend_train, reward_weight=schedule,
+                                     **shape, **measure)
     else:
         venv = ChargingVectorEnv(battery, regime=regime, n_envs=n_envs, backend=backend_train,
                                  reward_weight=schedule, **shape, **measure)
@@ -588,6 +624,7 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
              "final_only": True if final_only else None, "reward": reward if reward != "exact" else None,
              "tomography_shots": tomography_shots if reward != "exact" else None,
              "residual": residual_record,
+             "mismatch": mismatch_record if mismatch is not None else None,
              "residual_protocol": None if ref is None else ref_info}
     config |= {k: v for k, v in extra.items() if v is not None}
     recorded = store.runs().get(run)
@@ -659,7 +696,7 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
                              tensorboard=tensorboard)
     final_env = fixed_env(battery, final_backend)
     ev = evaluate(agent, final_env, state)
-    if ev["best_explored"]["protocol"] and venv.has_density and not randomised:
+    if ev["best_explored"]["protocol"] and venv.has_density and not randomised and mismatch is None:
         # as Erdman et al.: re-check the best protocol at twice the photon cutoff
         cut = check_cutoff(battery, np.reshape(ev["best_explored"]["protocol"], (-1, 1)), venv.dt)
         ev["best_explored"]["doubled_cutoff_change"] = cut["ergotropy_change"]

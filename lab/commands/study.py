@@ -20,6 +20,7 @@ from typing import Any, Callable
 from qhil.experiments import run_specs
 from qhil.experiments.battery import measurement as M
 from qhil.experiments.battery import open_closed as OC
+from qhil.experiments.battery import sim_to_real as S
 from qhil.experiments.battery import tomography as T
 
 from . import args as A
@@ -95,6 +96,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=A.seed, default=0)
     _folders(t, work=False)
     t.set_defaults(func=run_tomography)
+    r = st.add_parser("sim-to-real", help="which method charges a mismatched device best at equal shots (issue 14)")
+    r.add_argument("--severities", type=_items(lambda x: x in S.SEVERITIES or _fail(x, S.SEVERITIES), "severities"),
+                   default="mild,severe", help="device mismatch: " + "; ".join(
+                       f"{k} = {', '.join(f'{a} {b:g}' for a, b in v.imperfections().items())}"
+                       for k, v in S.SEVERITIES.items()))
+    r.add_argument("--methods", type=_items(lambda x: x in S.METHODS or _fail(x, S.METHODS), "methods"),
+                   default=",".join(S.METHODS), help="comma-separated: " + ", ".join(S.METHODS))
+    r.add_argument("--seeds", type=A.int_in(1, 100), default=3, help="seeds 0..S-1")
+    defaults = S.StudyOptions()
+    for name, lo, hi, help_ in (("budget_shots", 1_000, 10**10, "shots each method may spend on the device"),
+                                ("fom_shots", 1, 10**6, "shots of one optimiser evaluation (final energies)"),
+                                ("reevaluate", 0, 100, "re-measurements of each new incumbent"),
+                                ("deploy_shots", 1, 10**6, "shots per setting of a deployed policy's observations"),
+                                ("deploy_episodes", 1, 1000, "episodes a deployed policy plays"),
+                                ("train_steps", 28, 10**7, "simulator SAC training steps"),
+                                ("residual_shots", 1, 10**6, "shots per setting of the residual SAC on the device"),
+                                ("residual_every", 1, 28, "the residual SAC measures every m-th step")):
+        r.add_argument("--" + name.replace("_", "-"), type=A.int_in(lo, hi), default=getattr(defaults, name),
+                       help=f"{help_} (default {getattr(defaults, name)})")
+    r.add_argument("--residual-scale", type=A.float_in(0.0, 0.6, low_open=True), default=defaults.residual_scale,
+                   help=f"bound s (ω_0) of the residual correction (default {defaults.residual_scale})")
+    r.add_argument("--work-dir", type=A.output_dir, default=Path("runs/sim_to_real"), help="run stores and checkpoints")
+    r.add_argument("--out-dir", type=A.output_dir, default=Path("docs/results/sim_to_real"), help="table and figure")
+    r.add_argument("--report-only", action="store_true", help="only the table/figure of finished runs")
+    add_executor_options(r, jobs=1)
+    r.set_defaults(func=run_sim_to_real)
     o = st.add_parser("open-closed", help="GRAPE (open loop) vs a trained SAC policy (closed loop)")
     o.add_argument("--policy-regime", type=_items(regime, "regime", one=True), default="second_order")
     o.add_argument("--policy-shots", type=A.shots(), default=None, help="the policy's training shots ('exact')")
@@ -144,6 +171,28 @@ def run_measurement(args: argparse.Namespace) -> int:
         print(f"qhil: error: {len(bad)} of {len(specs)} configuration(s) failed, e.g. {bad[0].error}", file=sys.stderr)
     if not M.write_report(args.work_dir, args.out_dir):
         print(f"qhil: error: no finished configurations in {args.work_dir}; no table written", file=sys.stderr)
+        return 1
+    return 1 if bad else 0
+
+
+def _fail(value: str, allowed: Any) -> bool:
+    raise ValueError(f"unknown value {value!r} (allowed: {', '.join(allowed)})")
+
+
+def run_sim_to_real(args: argparse.Namespace) -> int:
+    from qhil.lab.device_backend import study_device
+    names = ("budget_shots", "fom_shots", "reevaluate", "deploy_shots", "deploy_episodes", "train_steps",
+             "residual_shots", "residual_every", "residual_scale")
+    opts = S.StudyOptions(**{k: getattr(args, k) for k in names})
+    sev, methods = args.severities.split(","), args.methods.split(",")
+    S.study_specs(sev, methods, range(args.seeds), opts, study_device)          # checked before any run
+    bad = [] if args.report_only else [o for o in S.run_study(sev, methods, range(args.seeds), opts, study_device,
+                                                              args.work_dir, executor_from_args(args))
+                                       if o.status == "failed"]
+    if bad:
+        print(f"qhil: error: {len(bad)} run(s) failed, e.g. {bad[0].name}: {bad[0].error}", file=sys.stderr)
+    if not S.write_report(args.work_dir, args.out_dir):
+        print(f"qhil: error: no finished runs in {args.work_dir}; no table written", file=sys.stderr)
         return 1
     return 1 if bad else 0
 
