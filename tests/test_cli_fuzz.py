@@ -60,6 +60,9 @@ WORK: list[tuple[str, str]] = [
     ("qhil.experiments.supply_chain.specs", "evaluate_checkpoint"),
     ("qhil.lab.server", "LabServer"),
     ("qhil.experiments.battery.tune", "tune_sac"),
+    ("qhil.experiments.battery.optimize", "run_optimization"),
+    ("qhil.experiments.battery.sim_to_real", "MethodRun.execute"),
+    ("qhil.experiments.battery.sim_to_real", "PolicyRun.execute"),
     ("qhil.experiments.runner", "LocalExecutor.map_unordered"),     # spawned workers see no tripwire
     ("qhil.experiments.ray_executor", "RayExecutor.map_unordered"),
     ("zmq.auth", "create_certificates"),
@@ -83,6 +86,9 @@ BASE: dict[str, list[str]] = {
     "study measurement": ["study", "measurement", "--work-dir", "{tmp}/work", "--out-dir", "{tmp}/out"],
     "study tomography": ["study", "tomography", "--out-dir", "{tmp}/out"],
     "study open-closed": ["study", "open-closed", "--work-dir", "{tmp}/work", "--out-dir", "{tmp}/out"],
+    "study sim-to-real": ["study", "sim-to-real", "--methods", "grape", "--seeds", "1", "--work-dir", "{tmp}/work",
+                          "--out-dir", "{tmp}/out"],
+    "optimize": ["optimize", "--run-dir", "{tmp}/opt", "--max-evals", "3", "--shots", "exact", "--no-progress"],
     "sweep": ["sweep", "lr", "--work-dir", "{tmp}/work", "--out", "{tmp}/out"],
     "tune": ["tune", "--work-dir", "{tmp}/work", "--samples", "1", "--total-steps", "56",
              "--learning-starts", "28", "--no-progress"],
@@ -95,14 +101,15 @@ REPRODUCE_TARGET = {"--eval-every": "table2", "--test-random": "table2", "--weig
 #: Commands others are fixing while issue 16 is open: their non-clean cases are xfail.
 PENDING: set[str] = set()
 #: Commands whose every case must be clean now.
-OWNED = {"reproduce", "study measurement", "study tomography", "study open-closed", "sweep", "tune"}
+OWNED = {"reproduce", "study measurement", "study tomography", "study open-closed", "sweep", "tune",
+         "study sim-to-real", "optimize"}
 
 #: Options where a negative number is legitimate (so "-1" is not generated).
 NEGATIVE_OK = {("simulate", "--coupling"), ("lab serve", "--coupling"), ("lab serve", "--amplitude-error"),
                ("simulate", "--controls"), ("train", "--entropy-start"), ("train", "--entropy-end"),
                ("train", "--w-mean")}
 #: Free-text options (names, labels) no generic bad value applies to.
-FREE_TEXT = {("train", "--run"), ("lab keygen", "--name"), ("deploy", "--policy"), ("deploy", "--client-cert"),
+FREE_TEXT = {("train", "--run"), ("optimize", "--run"), ("lab keygen", "--name"), ("deploy", "--policy"), ("deploy", "--client-cert"),
              ("deploy", "--server-key"), ("lab unlock", "--owner"), ("lab unlock", "--key-file"),
              ("lab unlock", "--server-key"), ("lab unlock", "--client-cert"), ("lab lock", "--owner"),
              ("lab lock", "--server-key"), ("lab lock", "--client-cert"), ("lab serve", "--exec-arg")}
@@ -124,6 +131,9 @@ EXTRA: dict[tuple[str, str], list[str]] = {
     ("study measurement", "--noise"): ["bogus:0.1", "depolarizing:2", "depolarizing:nan"],
     ("study measurement", "--hidden"): ["0", "abc", ","],
     ("study tomography", "--steps"): ["0", "abc", "99"],
+    ("study sim-to-real", "--methods"): ["bogus", ","], ("study sim-to-real", "--severities"): ["bogus", ","],
+    ("optimize", "--start"): ["bogus", "constant:9", "constant:nan"], ("optimize", "--backend"): ["bogus"],
+    ("train", "--emulator"): ["bogus", "amplitude_error=2"], ("train", "--residual"): ["bogus", "constant:9"],
     ("study open-closed", "--policy-regime"): ["bogus"], ("study open-closed", "--policy-frequency"): ["0"],
     ("study open-closed", "--levels"): ["bogus:1", "drift:nan", "drift:2", "shots:0"],
     ("sweep", "--agents"): ["bogus", ","], ("sweep", "--lrs"): ["nan", "-1", ",", "0"],

@@ -231,3 +231,21 @@ def test_fine_tune_on_the_emulator_counts_its_shots(source, tmp_path):
     assert s["config"]["reward"] == "tomography_terminal" and s["config"]["sac"]["hidden"] == [16, 16]
     assert s["config"]["init_from"]["run"] == RUN
     assert np.isfinite(s["deterministic"]["ergotropy"]) and 0.0 <= s["deterministic"]["ergotropy"] <= 5.0
+
+
+def test_deploying_a_residual_run_plays_reference_plus_correction(tmp_path):
+    """qhil deploy of a residual run must wrap the policy's action as in training (reference +
+    s·a), not play the raw correction as λ: the deployed protocol on the exact driver equals the
+    run's own deterministic protocol."""
+    from qhil.experiments.battery.deployment import DeploySpec, deploy
+    from qhil.experiments.battery.training import ChargingRunSpec
+    spec = ChargingRunSpec(env="env1", regime="energies", sac={"seed": 0, "total_steps": 56, "hidden": (16, 16),
+                                                                "learning_starts": 28},
+                           residual="docs/results/grape_env1.json", residual_scale=0.05, run="res")
+    summary = spec.execute(tmp_path / "run")
+    trained = np.asarray(summary["deterministic"]["protocol"], float)
+    grape = np.asarray(__import__("json").load(open("docs/results/grape_env1.json"))["protocol"])
+    assert np.all(np.abs(trained - grape) <= 0.05 + 1e-12)           # a correction of at most s
+    doc = deploy(DeploySpec(endpoint="statevector", run=tmp_path / "run", shots=0, no_tomography=True,
+                            log=tmp_path / "deploy.jsonl", seed=0))
+    np.testing.assert_allclose(np.ravel(doc["controls"]), trained, atol=1e-9)

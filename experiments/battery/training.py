@@ -542,8 +542,6 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
         raise ValidationError("reward", f"{reward!r}", "exact, tomography_terminal, or None (chosen by the backend)")
     if residual_scale is not None and residual is None:
         raise ValidationError("residual_scale", "given without a reference protocol", "give residual too")
-    if residual is not None and residual_scale is None:
-        raise ValidationError("residual_scale", "missing", "the correction's size s in (0, λ_max − λ_min] (ω_0)")
     if init_run is not None and init_from is None:
         raise ValidationError("init_run", "given without init_from", "give init_from (the source run folder) too")
     train_counter, eval_counter = ShotCounter(), ShotCounter()
@@ -569,6 +567,8 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
         from qhil.envs.residual import check_reference, check_scale
         ref, ref_info = residual_reference(residual, n_steps, tau)
         ref = check_reference(ref, n_steps, chan.lower, chan.upper)
+        if residual_scale is None:
+            raise ValidationError("residual_scale", "missing", "the correction's size s in (0, λ_max − λ_min] (ω_0)")
         residual_scale = check_scale(residual_scale, chan.lower, chan.upper)
     measure = {"shots": shots, "every": every, "final_only": final_only, "reward": reward,
                "tomography_shots": tomography_shots}
