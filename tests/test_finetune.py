@@ -208,6 +208,9 @@ def test_every_shot_is_counted(tmp_path):
     (["--init-from", "/nonexistent/folder"], "init_from"),
     (["--residual-scale", "0"], "--residual-scale"),
     (["--shots", "0"], "--shots"),
+    (["--randomise-mismatch", "gain=0.1"], "--randomise-mismatch"),
+    (["--randomise-mismatch", "amplitude_error=0.9"], "amplitude_error"),
+    (["--randomise-mismatch", "rise_time=0.1", "--omega-spread", "0.1"], "mismatch"),
     (["--backend", "nowhere"], "--backend")])
 def test_train_command_refuses_bad_fine_tuning_options(tmp_path, capsys, extra, name):
     from qhil.lab.cli import main
@@ -249,3 +252,18 @@ def test_deploying_a_residual_run_plays_reference_plus_correction(tmp_path):
     doc = deploy(DeploySpec(endpoint="statevector", run=tmp_path / "run", shots=0, no_tomography=True,
                             log=tmp_path / "deploy.jsonl", seed=0))
     np.testing.assert_allclose(np.ravel(doc["controls"]), trained, atol=1e-9)
+
+
+def test_randomised_mismatch_run_records_its_ranges_and_refuses_other_ones_on_resume(tmp_path):
+    from qhil.drivers import ValidationError
+    from qhil.experiments.battery.training import ChargingRunSpec
+    base = dict(env="env1", regime="energies", sac={"seed": 0, "total_steps": 56, "hidden": (16, 16),
+                                                     "learning_starts": 28}, n_envs=2, run="dr")
+    ranges = {"amplitude_error": 0.08, "rise_time": 0.05, "readout_error": 0.02}
+    summary = ChargingRunSpec(**base, mismatch=ranges).execute(tmp_path)
+    recorded = summary["config"]["mismatch"]
+    assert {k: recorded[k] for k in ranges} == ranges and recorded["frequency_spread"] == 0.0
+    assert isinstance(recorded["mismatch_seed"], int)            # resolved from the SAC seed and recorded
+    with pytest.raises(ValidationError, match="mismatch"):
+        ChargingRunSpec(**base | {"sac": base["sac"] | {"total_steps": 112}},
+                        mismatch=ranges | {"amplitude_error": 0.03}).execute(tmp_path)

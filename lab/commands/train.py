@@ -91,6 +91,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="residual mode: reference protocol (GRAPE JSON, run folder or DIR::NAME, constant:x)")
     s.add_argument("--residual-scale", type=float_in(0.0, 1e6, low_open=True), default=None,
                    help="residual mode: largest correction s (ω_0), in (0, λ_max − λ_min]")
+    s.add_argument("--randomise-mismatch", dest="mismatch", type=_mismatch, default=None,
+                   metavar="KEY=RANGE,...",
+                   help="domain randomisation over the device mismatch, per episode and battery: "
+                        "amplitude_error=a (ε ~ U[−a, a]), rise_time=r (U[0, r], 1/ω_0), frequency_spread=σ "
+                        "(δ_j ~ N(0, σ²), ω_0), readout_error=p (U[0, p]); e.g. amplitude_error=0.08,rise_time=0.05")
     s.add_argument("--n-envs", type=int_in(1, 4096), default=1, help="batteries stepped together in one backend call")
     s.add_argument("--config", type=input_file, default=None, help="JSON/TOML file of SAC options")
     s.add_argument("--run-dir", type=output_dir, default=Path("runs/train"), help="run store + checkpoints")
@@ -146,7 +151,28 @@ SPEC_OPTIONS = ("regime", "tau", "n_steps", "backend", "n_envs", "checkpoint_eve
                 "history", "history_of", "omega_range", "omega_spread", "omega_seed",
                 "eval_envs", "eval_random", "eval_every", "test_random",
                 "shots", "every", "final_only", "reward", "tomography_shots", "init_from", "init_run",
-                "residual", "residual_scale")
+                "residual", "residual_scale", "mismatch")
+
+
+def _mismatch(text: str) -> dict[str, float]:
+    """``amplitude_error=0.08,rise_time=0.05`` → the ranges (ArgumentTypeError naming the key;
+    the ranges' bounds are checked by the env before any training)."""
+    from qhil.experiments.battery.training import MISMATCH_KEYS
+    out: dict[str, float] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in MISMATCH_KEYS:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected key=value with key in {', '.join(MISMATCH_KEYS)}")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{key}: {value!r} is not a number") from None
+        if not out[key] >= 0.0 or out[key] == float("inf"):
+            raise argparse.ArgumentTypeError(f"{key}: {value!r} is not a finite number ≥ 0")
+    if not out:
+        raise argparse.ArgumentTypeError("expected one or more key=value ranges")
+    return out
 
 
 def sac_overrides(args: argparse.Namespace) -> dict[str, Any]:
