@@ -307,6 +307,10 @@ def _cmaes(loop: _Loop, x0: np.ndarray, bounds: Any, seed: int, sigma0: float, p
         opts["bounds"] = list(bounds)
     if popsize is not None:
         opts["popsize"] = popsize
+    # cma draws from numpy's global generator unless given its own: a private seeded one keeps
+    # the sequence (and so an exact resume by replay) independent of anything else in the process
+    rng = np.random.default_rng(seed)
+    opts["randn"] = lambda *shape: rng.standard_normal(shape)
     es = cma.CMAEvolutionStrategy(np.asarray(x0, dtype=float), sigma0, opts)
     while not es.stop():
         xs = es.ask()

@@ -83,6 +83,9 @@ class DeviceBackend(Backend):
                 data = np.asarray(dev.execute(np.asarray(e.controls), e.dt, steps, settings, e.schedule.shots, rng))
             finally:
                 dev.safe()
+        expect = (len(steps), len(settings), 2 ** n)
+        if data.shape != expect:          # as the lab server: never estimate from a malformed reply
+            raise RuntimeError(f"device {dev.name} returned shape {data.shape}, expected {expect}")
         device_s = time.perf_counter() - t0
         self.device_seconds += device_s
         values, stderr = estimate_from_counts(data, labels, settings, n)
@@ -116,22 +119,31 @@ def emulator_backend(model: Any, *, seed: int | None = None, imperfections: Mapp
     return DeviceBackend(device, seed=seed)
 
 
-def parse_imperfections(text: str) -> dict[str, float]:
-    """``"amplitude_error=0.03,rise_time=0.02"`` → a dict (ValidationError naming the key or
-    value; the ranges are the emulator's, checked when it is built)."""
+def parse_key_values(text: str, keys: tuple[str, ...], name: str, integers: tuple[str, ...] = ()
+                     ) -> dict[str, float]:
+    """``"a=0.03, b-c=2"`` → {"a": 0.03, "b_c": 2.0} for keys in ``keys`` (``integers`` parsed as
+    int); a ValidationError naming ``name`` (unknown key, no value) or the key (not a finite number)."""
     out: dict[str, float] = {}
     for item in (x.strip() for x in str(text).split(",")):
         if not item:
             continue
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
-        if not sep or key not in IMPERFECTIONS:
-            raise ValidationError("emulator", f"{item!r}", "key=value with key in " + ", ".join(IMPERFECTIONS))
+        if not sep or key not in keys:
+            raise ValidationError(name, f"{item!r}", "key=value with key in " + ", ".join(keys))
         try:
-            out[key] = int(value) if key == "oversample" else float(value)
+            out[key] = int(value) if key in integers else float(value)
         except ValueError:
             raise ValidationError(key, f"{value!r} is not a number", "a number") from None
+        if not np.isfinite(out[key]):
+            raise ValidationError(key, f"{value!r}", "a finite number")
     return out
+
+
+def parse_imperfections(text: str) -> dict[str, float]:
+    """``"amplitude_error=0.03,rise_time=0.02"`` → a dict (ValidationError naming the key or
+    value; the ranges are the emulator's, checked when it is built)."""
+    return parse_key_values(text, IMPERFECTIONS, "emulator", integers=("oversample",))
 
 
 def study_device(model: Any, imperfections: Mapping[str, Any], seed: int) -> DeviceBackend:

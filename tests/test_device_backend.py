@@ -69,3 +69,13 @@ def test_bad_input_is_refused_before_any_work():
         with pytest.raises(ValidationError):
             parse_imperfections(bad)
     assert isinstance(be.device, EmulatorDevice) and be.device.executions == 0
+
+
+def test_a_device_returning_the_wrong_shape_is_an_error_not_an_estimate():
+    class Truncating(EmulatorDevice):
+        def execute(self, controls, dt, steps, settings, shots, rng):
+            return super().execute(controls, dt, steps, settings, shots, rng)[:, :1]
+    be = DeviceBackend(Truncating(BATTERY, seed=0))
+    with pytest.raises(RuntimeError, match="shape"):
+        be.run(Experiment(BATTERY, CONTROLS, 0.2, MeasurementSchedule("second_order", shots=10)))
+    assert be.device.is_safe

@@ -269,6 +269,11 @@ def test_study_setup_preset_fills_only_what_the_command_left_unset(tmp_path, mon
     assert sum(c.open_loop for c in cfgs) == 2                # shared: once per seed
     assert dict(seen["specs"][0].sac) == {"learning_starts": 4000, "precision": "auto", "updates_per_step": 0.125}
     assert seen["work"] == tmp_path / "w" and seen["out"] == tmp_path / "o"
+    zero = root.parse_args(["study", "measurement", "--setup", "converged", "--learning-starts", "0", "--regimes",
+                            "energies", "--shots", "10", "--frequencies", "1", "--seeds", "1",
+                            "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")])
+    zero.func(zero)
+    assert dict(seen["specs"][0].sac)["learning_starts"] == 0          # an explicit 0 is kept, not "unset"
     plain = root.parse_args(["study", "measurement", "--report-only", "--work-dir", str(tmp_path / "w")])
     plain.func(plain)
     assert plain.total_steps == 5000 and plain.seeds == 1 and plain.out_dir == study.OUT    # the old defaults

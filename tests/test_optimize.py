@@ -327,9 +327,20 @@ def test_a_run_against_a_lab_server_over_zmq(tmp_path) -> None:
 
 
 def test_a_device_backend_reports_device_seconds(tmp_path) -> None:
-    device_backend = pytest.importorskip("qhil.lab.device_backend")
+    import qhil.lab.device_backend as device_backend
     backend = device_backend.emulator_backend(BATTERY, seed=0, imperfections={"amplitude_error": 0.03})
     spec = OptimizeSpec(start=tuple(perturbed_grape()), method="spsa", fom="energy", shots=100, max_evals=6,
                         reevaluate=1, seed=0, run="dev")
     out = run_optimization(spec, backend, tmp_path)
     assert out["device_s"] == pytest.approx(backend.device_seconds, rel=1e-9) and out["evaluations"] <= 6
+
+
+def test_exact_figures_on_a_measuring_device_are_refused_before_the_run_is_recorded(tmp_path) -> None:
+    import qhil.lab.device_backend as device_backend
+    backend = device_backend.emulator_backend(BATTERY, seed=0)
+    exact = OptimizeSpec(start=tuple(perturbed_grape()), fom="energy", shots=None, max_evals=4, run="r")
+    with pytest.raises(ValidationError, match="shots"):
+        run_optimization(exact, backend, tmp_path)
+    assert backend.device.executions == 0
+    fixed = OptimizeSpec(start=tuple(perturbed_grape()), fom="energy", shots=50, max_evals=4, reevaluate=1, run="r")
+    assert run_optimization(fixed, backend, tmp_path)["evaluations"] <= 4     # the name is still free

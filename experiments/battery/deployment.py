@@ -199,6 +199,57 @@ def read_protocol(path: str | Path) -> tuple[np.ndarray, float | None, dict[str,
 
 
 # -- the device -----------------------------------------------------------------------------
+def reference_protocol(protocol: str | Path, n_steps: int, tau: float, name: str = "protocol"
+                       ) -> tuple[Any, dict[str, Any]]:
+    """A protocol λ (K,) and where it came from (a residual reference, an optimiser's start). ``protocol``:
+    ``constant:x`` (λ = x ω_0 every step), a protocol file (a ``qhil grape`` result, a list,
+    ``{"controls", "dt"}``), or a ``qhil train`` run folder (its best explored protocol;
+    ``DIR::NAME`` picks a run of several). The length must be K and a recorded Δt must be τ/K; errors name ``name``."""
+    from qhil.drivers import ValidationError
+    text = str(protocol)
+    if text.startswith("constant:"):
+        try:
+            x = float(text.split(":", 1)[1])
+        except ValueError:
+            raise ValidationError(name, f"{text!r}", "constant:x with x a number (λ in ω_0)") from None
+        return np.full(n_steps, x), {"protocol": text}
+    folder, _, run_name = text.partition("::")
+    path = Path(folder)
+    if path.is_dir():
+        try:
+            src = load_run(path, run_name or None)
+        except ValidationError as exc:
+            raise renamed(exc, name) from None
+        if not src.best or not src.best.get("protocol"):
+            raise ValidationError(name, f"run {src.name!r} in {folder!r} has no best protocol", "a trained run")
+        ref, dt = np.asarray(src.best["protocol"], dtype=float), src.dt
+        prov = {"protocol": text, "run": src.name, "ergotropy": src.best.get("objective")}
+    else:
+        try:
+            ref, dt, _ = read_protocol(path)
+        except ValidationError as exc:
+            raise renamed(exc, name) from None
+        prov = {"protocol": text}
+    if ref.ndim == 2 and ref.shape[1] == 1:
+        ref = ref[:, 0]
+    if ref.ndim != 1 or len(ref) != n_steps:
+        raise ValidationError(name, f"{text!r} holds a protocol of shape {ref.shape}",
+                              f"{n_steps} steps (the run's K)")
+    if dt is not None and not math.isclose(dt, tau / n_steps, rel_tol=1e-9):
+        raise ValidationError(name, f"{text!r} was played at Δt = {dt:g}",
+                              f"Δt = τ/K = {tau / n_steps:g} (the matching τ)")
+    return ref, prov
+
+
+def renamed(exc: Any, name: str) -> Any:
+    """``exc`` (a ValidationError of a helper) as one naming the option ``name``."""
+    from qhil.drivers import ValidationError
+    text = str(exc)
+    if exc.allowed and text.endswith(f" (allowed: {exc.allowed})"):
+        text = text[: -len(f" (allowed: {exc.allowed})")]
+    return ValidationError(name, text, exc.allowed)
+
+
 def device_mismatches(info: dict[str, Any], battery: Any, dt: float) -> dict[str, str]:
     """How a lab device (its ``describe``) differs from ``battery`` played at step ``dt``:
     {kind: what differs}, kinds from :data:`MISMATCH_KINDS`; empty when it matches."""

@@ -211,10 +211,10 @@ def study_grid(regimes: Sequence[str], shots: Sequence[int | None], frequencies:
 
     out: list[StudyConfig] = []
     seen: set[str] = set()
-    for seed in seeds:
-        for r in regimes:
-            for s in shots:
-                for f in frequencies:
+    for r in regimes:                  # seeds innermost: an interrupted study has whole points
+        for s in shots:
+            for f in frequencies:
+                for seed in seeds:
                     c = StudyConfig(regime=r, shots=s, frequency=str(f), noise=noise, reward=reward,
                                     tomography_shots=tomography_shots, env=env, seed=seed, total_steps=total_steps,
                                     n_envs=n_envs, **window(r))

@@ -205,30 +205,11 @@ def _as_start(values: Any, n_steps: int, name: str = "start") -> tuple[float, ..
 
 def start_protocol(text: str, battery: Any, n_steps: int, tau: float | None = None) -> np.ndarray:
     """The start protocol (K,) from ``constant:0.3``, a protocol file (GRAPE result, list or
-    ``{controls, dt}``) or a ``qhil train --run-dir`` folder (its best explored protocol).
-    A file's Δt, when it has one, must be τ/K."""
-    from .deployment import load_run, read_protocol
-    text = str(text)
-    if text.startswith("constant:"):
-        try:
-            value = float(text.split(":", 1)[1])
-        except ValueError:
-            raise ValidationError("start", f"{text!r}", "constant:VALUE, a protocol file or a run folder") from None
-        return np.full(n_steps, value)
-    path = Path(text)
-    if path.is_dir():
-        run = load_run(path)
-        if not run.best or not run.best.get("protocol"):
-            raise ValidationError("start", f"run {run.name!r} has no best explored protocol yet")
-        return np.asarray(run.best["protocol"], dtype=float).reshape(-1)
-    if not path.is_file():
-        raise ValidationError("start", f"{text!r} is neither constant:VALUE nor a file or run folder",
-                              "constant:VALUE, a protocol file or a run folder")
-    controls, dt, _ = read_protocol(path)
-    if dt is not None and tau is not None and not math.isclose(dt, tau / n_steps, rel_tol=1e-9):
-        raise ValidationError("start", f"{text!r} has Δt = {dt:g}", f"Δt = τ/K = {tau / n_steps:g}")
-    return np.asarray(controls, dtype=float).reshape(len(controls), -1)[:, 0] if controls.ndim == 2 \
-        else np.asarray(controls, dtype=float)
+    ``{controls, dt}``) or a ``qhil train --run-dir`` folder (its best explored protocol;
+    ``DIR::NAME`` for one of several): :func:`~.deployment.reference_protocol`, errors naming
+    ``start``. A recorded Δt must be τ/K (τ default 5.6)."""
+    from .deployment import reference_protocol
+    return reference_protocol(text, n_steps, 5.6 if tau is None else tau, name="start")[0]
 
 
 # -- the store ---------------------------------------------------------------------------------
@@ -313,9 +294,12 @@ def run_optimization(spec: OptimizeSpec, backend: Any, work_dir: str | Path, pro
     owns_backend = isinstance(backend, str)
     bar = None
     try:
-        stored = store.open_run(spec.run, config)
         if owns_backend:
             backend = create_backend(backend)
+        if spec.shots is None and not backend.capabilities.exact_expectations:   # before the run is recorded
+            raise ValidationError("shots", f"exact figures of merit on {backend.name}, which measures",
+                                  "shots per setting ≥ 1")
+        stored = store.open_run(spec.run, config)
         per = shots_per_evaluation(battery, spec.fom, spec.shots)
         budget = Budget(spec.max_evals, spec.max_shots, per)
         if progress:

@@ -136,20 +136,6 @@ def true_ergotropy(backend: Any, battery: Any, controls: np.ndarray, dt: float) 
     return float(np.asarray(battery.ergotropy(rho)).ravel()[-1])
 
 
-class ShotMeter:
-    """Counts the shots and device seconds a backend spends (every Result's cost)."""
-
-    def __init__(self) -> None:
-        self.shots = 0
-        self.experiments = 0
-        self.device_s = 0.0
-
-    def __call__(self, experiment: Any, result: Any) -> None:
-        self.shots += int(result.metadata["cost"]["total_shots"])
-        self.experiments += 1
-        self.device_s += float(result.metadata.get("device_s", 0.0))
-
-
 @dataclass(frozen=True)
 class PolicyRun:
     """Train one simulator SAC policy (nominal, or randomised over ``mismatch``) for the study."""
@@ -198,10 +184,18 @@ class MethodRun:
         return self.device_factory(battery_of(self.opts), self.mismatch.imperfections(), 7_000 + self.seed)
 
     def execute(self, work_dir: Path) -> dict[str, Any]:
+        import shutil
+
         from qhil.agents.runstore import RunStore
-        from qhil.experiments.battery.deployment import RecordingBackend
+
+        from .deployment import RecordingBackend
+        from .training import ShotCounter
         work_dir = Path(work_dir)
-        meter = ShotMeter()
+        # An unfinished method run starts again from scratch: the emulator's drift walk and the
+        # shot ledger are not checkpointed, so a partial resume would not be the same experiment.
+        scratch = work_dir / "methods" / self.name.replace("/", "_")
+        shutil.rmtree(scratch, ignore_errors=True)
+        meter = ShotCounter()
         device = self.device()
         backend = RecordingBackend(device, meter)
         battery, dt = battery_of(self.opts), 0.2
@@ -222,7 +216,7 @@ class MethodRun:
                                         "seed": self.seed, "options": dataclasses.asdict(self.opts)})
         finally:
             store.close()
-        handed = arm(self, backend, battery, dt, score, work_dir)
+        handed = arm(self, backend, battery, dt, score, scratch)
         final = handed.get("final_true")
         if final is None:
             final = score(handed["controls"], handed.get("measured"), handed.get("measured_std"))
@@ -230,6 +224,7 @@ class MethodRun:
                    "final_true_ergotropy": final, "final_measured": handed.get("measured"),
                    "final_measured_std": handed.get("measured_std"), "measured_kind": handed.get("kind"),
                    "shots_spent": meter.shots, "experiments": meter.experiments, "device_s": meter.device_s,
+                   "study_dt": dt,
                    "controls": np.asarray(handed["controls"], float).ravel().tolist(), "trace": trace,
                    "details": handed.get("details", {})}
         store = RunStore(work_dir / "runs.sqlite")
@@ -240,22 +235,12 @@ class MethodRun:
         return summary
 
 
-def measured_energy(backend: Any, battery: Any, controls: np.ndarray, dt: float, shots: int) -> tuple[float, float]:
-    """Final energy Σ_j E_j (ω_0) measured with ``shots`` (one setting), and its standard error."""
-    from qhil.drivers import Experiment, MeasurementSchedule
-    r = backend.run(Experiment(battery, np.reshape(controls, (-1, 1)), dt,
-                               MeasurementSchedule("energies", shots=shots, final_only=True)))[0]
-    w = np.asarray(battery.omegas, float)
-    z = np.array([r.value(f"Z{j}")[-1] for j in range(battery.n_qubits)])
-    zerr = np.array([r.stderr[-1, r.labels.index(f"Z{j}")] for j in range(battery.n_qubits)])
-    return float(np.sum(w * (1 - z) / 2)), float(np.sqrt(np.sum((w * zerr / 2) ** 2)))
-
-
 def _grape(run: MethodRun, backend: Any, battery: Any, dt: float, score: Callable, work: Path) -> dict[str, Any]:
     """Open loop: the nominal GRAPE protocol, as is; its final energy measured once."""
+    from qhil.envs.figure_of_merit import measured_figure
     protocol = grape_of(run.opts)
-    e, s = measured_energy(backend, battery, protocol, dt, run.opts.fom_shots)
-    return {"controls": protocol, "measured": e, "measured_std": s, "kind": "final energy"}
+    e, std, _, _ = measured_figure(battery, backend, protocol, dt, "energy", run.opts.fom_shots, seed=run.seed)
+    return {"controls": protocol, "measured": e, "measured_std": std, "kind": "final energy"}
 
 
 def _optimiser(run: MethodRun, backend: Any, battery: Any, dt: float, score: Callable, work: Path) -> dict[str, Any]:
@@ -274,7 +259,7 @@ def _optimiser(run: MethodRun, backend: Any, battery: Any, dt: float, score: Cal
             last[0] = np.array(inc, float)
             score(last[0], record.get("incumbent_fom"), record.get("incumbent_std"))
 
-    summary = run_optimization(spec, backend, work / "optimizers", on_evaluation=on_evaluation)
+    summary = run_optimization(spec, backend, work, on_evaluation=on_evaluation)
     return {"controls": np.asarray(summary["best_controls"], float), "measured": summary["best_fom"],
             "measured_std": summary["best_std"], "kind": "final energy (incumbent, re-measured)",
             "details": {"evaluations": summary["evaluations"], "start_fom": summary["start_fom"],
@@ -291,7 +276,8 @@ def _deployed(run: MethodRun, backend: Any, battery: Any, dt: float, score: Call
     trained = PolicyRun(run.opts, run.seed, None if run.method == "sac_nominal" else run.mismatch)
     env = evaluation_env(battery, "second_order", 28, backend, "actions", weight=1.0, shots=run.opts.deploy_shots)
     env.seed(run.seed)
-    agent = load_agent(checkpoint_path(work / POLICIES, trained.name), env.obs_dim, env.action_low, env.action_high)
+    agent = load_agent(checkpoint_path(work.parent.parent / POLICIES, trained.name), env.obs_dim, env.action_low,
+                       env.action_high)
     true, measured = [], []
     for _ in range(run.opts.deploy_episodes):
         ep = deterministic_episode(agent, env)
@@ -314,7 +300,7 @@ def _residual(run: MethodRun, backend: Any, battery: Any, dt: float, score: Call
     o = run.opts
     sched = MeasurementSchedule("second_order", every=o.residual_every, shots=o.residual_shots)
     per_episode = sched.cost(battery.n_qubits, 28).total_shots
-    tomography = 81 * o.residual_shots * 5                      # the final evaluation's ℰ estimate
+    tomography = 3 ** battery.n_qubits * o.residual_shots * 5  # the final evaluation's ℰ estimate
     episodes = (o.budget_shots - per_episode - tomography) // per_episode
     if episodes < 2:
         raise ValidationError("budget_shots", f"{o.budget_shots} leaves {episodes} residual SAC episodes",
@@ -334,13 +320,13 @@ def _residual(run: MethodRun, backend: Any, battery: Any, dt: float, score: Call
                            shots=o.residual_shots, every=o.residual_every, weight=1.0,
                            tomography_shots=o.residual_shots * 5, residual=str(GRAPE_DIR / f"grape_{o.env}.json"),
                            residual_scale=o.residual_scale, checkpoint_seconds=None, run=run.name)
-    summary = spec.execute(work / "residual")
+    summary = spec.execute(work)
     det = summary["deterministic"]
     return {"controls": np.asarray(det["protocol"], float), "measured": det["ergotropy"],
             "measured_std": None, "kind": "tomography ergotropy (deterministic policy)",
             "details": {"episodes": summary["episodes"], "steps": summary["steps"],
                         "train_shots": summary.get("shots_spent"),
-                        "best_explored_measured_energy": summary["best_explored"]["ergotropy"]}}
+                        "best_explored_measured_energy": summary["best_explored"].get("energy_measured")}}
 
 
 # -- the study: specs, runner, report -----------------------------------------------------------

@@ -164,58 +164,15 @@ def counted(backend: Any, counter: ShotCounter) -> Any:
 
 
 def residual_reference(protocol: str | Path, n_steps: int, tau: float) -> tuple[Any, dict[str, Any]]:
-    """The reference λ^ref (K,) of residual mode and where it came from. ``protocol``:
-    ``constant:x`` (λ = x ω_0 every step), a protocol file (a ``qhil grape`` result, a list,
-    ``{"controls", "dt"}``), or a ``qhil train`` run folder (its best explored protocol;
-    ``DIR::NAME`` picks a run of several). The length must be K and a recorded Δt must be τ/K."""
-    import math
-
-    import numpy as np
-
-    from qhil.drivers import ValidationError
-    from .deployment import load_run, read_protocol
-    text = str(protocol)
-    if text.startswith("constant:"):
-        try:
-            x = float(text.split(":", 1)[1])
-        except ValueError:
-            raise ValidationError("residual", f"{text!r}", "constant:x with x a number (λ in ω_0)") from None
-        return np.full(n_steps, x), {"protocol": text}
-    folder, _, name = text.partition("::")
-    path = Path(folder)
-    if path.is_dir():
-        try:
-            src = load_run(path, name or None)
-        except ValidationError as exc:
-            raise _renamed(exc, "residual") from None
-        if not src.best or not src.best.get("protocol"):
-            raise ValidationError("residual", f"run {src.name!r} in {folder!r} has no best protocol", "a trained run")
-        ref, dt = np.asarray(src.best["protocol"], dtype=float), src.dt
-        prov = {"protocol": text, "run": src.name, "ergotropy": src.best.get("objective")}
-    else:
-        try:
-            ref, dt, _ = read_protocol(path)
-        except ValidationError as exc:
-            raise _renamed(exc, "residual") from None
-        prov = {"protocol": text}
-    if ref.ndim == 2 and ref.shape[1] == 1:
-        ref = ref[:, 0]
-    if ref.ndim != 1 or len(ref) != n_steps:
-        raise ValidationError("residual", f"{text!r} holds a protocol of shape {ref.shape}",
-                              f"{n_steps} steps (the run's K; or train with --steps {len(ref)})")
-    if dt is not None and not math.isclose(dt, tau / n_steps, rel_tol=1e-9):
-        raise ValidationError("residual", f"{text!r} was played at Δt = {dt:g}",
-                              f"Δt = τ/K = {tau / n_steps:g} (give the matching --tau)")
-    return ref, prov
+    """The reference λ^ref (K,) of residual mode and where it came from
+    (:func:`~qhil.experiments.battery.deployment.reference_protocol`, errors naming ``residual``)."""
+    from .deployment import reference_protocol
+    return reference_protocol(protocol, n_steps, tau, name="residual")
 
 
 def _renamed(exc: Any, name: str) -> Any:
-    """``exc`` (a ValidationError of a helper) as one naming the option ``name``."""
-    from qhil.drivers import ValidationError
-    text = str(exc)
-    if exc.allowed and text.endswith(f" (allowed: {exc.allowed})"):
-        text = text[: -len(f" (allowed: {exc.allowed})")]
-    return ValidationError(name, text, exc.allowed)
+    from .deployment import renamed
+    return renamed(exc, name)
 
 
 def file_sha256(path: Path) -> str:
@@ -696,6 +653,9 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
                              tensorboard=tensorboard)
     final_env = fixed_env(battery, final_backend)
     ev = evaluate(agent, final_env, state)
+    if getattr(venv, "objective", "ergotropy") == "energy":   # a device with the measured-energy reward:
+        best = ev["best_explored"]                            # the best episode was judged by its energy
+        best["energy_measured"], best["ergotropy"] = best["ergotropy"], float("nan")
     if ev["best_explored"]["protocol"] and venv.has_density and not randomised and mismatch is None:
         # as Erdman et al.: re-check the best protocol at twice the photon cutoff
         cut = check_cutoff(battery, np.reshape(ev["best_explored"]["protocol"], (-1, 1)), venv.dt)

@@ -156,15 +156,15 @@ def _windows(text: str) -> dict[str, tuple[int, str]]:
 def run_measurement(args: argparse.Namespace) -> int:
     preset = M.SETUPS.get(args.setup or "", {})
     for key, value in {**MEASUREMENT_DEFAULTS, **preset}.items():   # the preset, then the defaults,
-        if key != "about" and getattr(args, key) in (None, False):     # fill what the command left unset
+        if key != "about" and (getattr(args, key) is None or getattr(args, key) is False):   # unset: fill
             setattr(args, key, value)
     configs = M.study_grid(args.regimes.split(","), args.shots, args.frequencies.split(","), noise=args.noise,
                            reward=args.reward, tomography_shots=args.tomography_shots, env=args.env,
                            seeds=range(args.seeds), total_steps=args.total_steps, n_envs=args.n_envs or 1,
                            windows=_windows(args.windows or ""), share_open_loop=args.share_open_loop)
-    sac = {k: v for k, v in (("hidden", tuple(args.hidden or ())), ("precision", args.precision),
+    sac = {k: v for k, v in (("hidden", tuple(args.hidden) if args.hidden else None), ("precision", args.precision),
                              ("updates_per_step", args.updates_per_step),
-                             ("learning_starts", args.learning_starts)) if v}
+                             ("learning_starts", args.learning_starts)) if v is not None}
     specs, executor = M.measurement_runs(configs, args.n_eval, sac), executor_from_args(args)   # all checked
     bad = [] if args.report_only else [o for o in run_specs(specs, args.work_dir, executor) if o.status == "failed"]
     if bad:

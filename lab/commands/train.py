@@ -91,7 +91,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="residual mode: reference protocol (GRAPE JSON, run folder or DIR::NAME, constant:x)")
     s.add_argument("--residual-scale", type=float_in(0.0, 1e6, low_open=True), default=None,
                    help="residual mode: largest correction s (ω_0), in (0, λ_max − λ_min]")
-    s.add_argument("--randomise-mismatch", dest="mismatch", type=_mismatch, default=None,
+    s.add_argument("--randomise-mismatch", dest="mismatch", type=checked(_mismatch, "randomise-mismatch"), default=None,
                    metavar="KEY=RANGE,...",
                    help="domain randomisation over the device mismatch, per episode and battery: "
                         "amplitude_error=a (ε ~ U[−a, a]), rise_time=r (U[0, r], 1/ω_0), frequency_spread=σ "
@@ -155,23 +155,14 @@ SPEC_OPTIONS = ("regime", "tau", "n_steps", "backend", "n_envs", "checkpoint_eve
 
 
 def _mismatch(text: str) -> dict[str, float]:
-    """``amplitude_error=0.08,rise_time=0.05`` → the ranges (ArgumentTypeError naming the key;
-    the ranges' bounds are checked by the env before any training)."""
+    """``amplitude_error=0.08,rise_time=0.05`` → the ranges (each ≥ 0 here; their upper bounds are
+    checked by the env before any training)."""
     from qhil.experiments.battery.training import MISMATCH_KEYS
-    out: dict[str, float] = {}
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in MISMATCH_KEYS:
-            raise argparse.ArgumentTypeError(f"{item!r}: expected key=value with key in {', '.join(MISMATCH_KEYS)}")
-        try:
-            out[key] = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{key}: {value!r} is not a number") from None
-        if not out[key] >= 0.0 or out[key] == float("inf"):
-            raise argparse.ArgumentTypeError(f"{key}: {value!r} is not a finite number ≥ 0")
-    if not out:
-        raise argparse.ArgumentTypeError("expected one or more key=value ranges")
+    from qhil.lab.device_backend import parse_key_values
+    out = parse_key_values(text, MISMATCH_KEYS, "randomise-mismatch")
+    negative = [k for k, v in out.items() if v < 0]
+    if negative or not out:
+        raise ValueError(f"{negative[0]} must be ≥ 0" if negative else "expected one or more key=value ranges")
     return out
 
 
