@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["int_in", "float_in", "floats", "output_file", "output_dir", "input_file", "json_object", "choice_list",
-           "ints", "seed", "shots", "shots_list", "checked", "SEED_MAX", "backend_spec", "regime"]
+           "ints", "seed", "shots", "shots_list", "checked", "SEED_MAX", "backend_spec", "regime", "device_backend_spec", "add_backend_options", "backend_from_args"]
 
 #: Largest seed accepted (numpy, torch and the drivers all take it).
 SEED_MAX = 2**63 - 1
@@ -284,6 +284,47 @@ def _backend_spec(text: str) -> str:
 
 #: A driver spec: ``statevector``, ``aer`` or ``zmq://host:port`` (the port in 1..65535).
 backend_spec = checked(_backend_spec, "backend", "text")
+
+
+def _device_backend_spec(text: str) -> str:
+    """``emulator`` (the in-process emulator, see --emulator) or a driver spec."""
+    if text == "emulator":
+        return text
+    try:
+        return _backend_spec(text)
+    except ValueError:
+        raise ValueError("allowed: statevector, aer, zmq://host:port or emulator") from None
+
+
+#: A driver spec or ``emulator`` (commands that run on a device: train, optimize).
+device_backend_spec = checked(_device_backend_spec, "backend", "text")
+
+
+def _imperfections(text: str) -> str:
+    from qhil.lab.device_backend import parse_imperfections
+    parse_imperfections(text)             # keys and numbers now; ranges when the emulator is built
+    return text
+
+
+def add_backend_options(p: argparse.ArgumentParser) -> None:
+    """``--backend`` (statevector, aer, zmq://host:port or emulator) and ``--emulator`` (its imperfections)."""
+    p.add_argument("--backend", type=device_backend_spec, default="statevector",
+                   help="driver spec: statevector (default), aer, zmq://host:port, or emulator (in-process)")
+    p.add_argument("--emulator", default=None, type=checked(_imperfections, "emulator"),
+                   help="--backend emulator's imperfections, e.g. amplitude_error=0.05,rise_time=0.02 "
+                        "(amplitude_error, rise_time, frequency_drift, readout_error, oversample)")
+
+
+def backend_from_args(args: argparse.Namespace, model: Any, seed: int | None) -> Any:
+    """``--backend`` as a run takes it: the spec string, or for ``emulator`` the in-process
+    emulator of ``model`` with the ``--emulator`` imperfections (drift and shots seeded by ``seed``)."""
+    from qhil.drivers import ValidationError
+    if args.emulator is not None and args.backend != "emulator":
+        raise ValidationError("emulator", "imperfections given without --backend emulator", "--backend emulator")
+    if args.backend != "emulator":
+        return args.backend
+    from qhil.lab.device_backend import emulator_backend, parse_imperfections
+    return emulator_backend(model, seed=seed, imperfections=parse_imperfections(args.emulator or ""))
 
 _PAULI_SPARSE = re.compile(r"(?:[XYZ]\d{1,3})+")
 _PAULI_DENSE = re.compile(r"[IXYZ]{1,64}")

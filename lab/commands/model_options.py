@@ -17,10 +17,19 @@ import argparse
 import dataclasses
 from typing import Any
 
-from .args import float_in, floats, int_in, json_object
+from .args import checked, float_in, floats, input_file, int_in, json_object
 
 #: cutoff (n_max) limits accepted on the command line
 MAX_N_MAX = 400
+
+
+def _endpoint(text: str) -> str:
+    """A lab endpoint, zmq://host:port (checked now; contacted when the model is built)."""
+    from qhil.drivers.bridge import parse_endpoint
+    if not text.startswith("zmq://"):
+        raise ValueError("allowed: zmq://host:port (a lab server)")
+    parse_endpoint(text)
+    return text
 
 
 def add_model_options(p: argparse.ArgumentParser, *, kinds: tuple[str, ...] = ("dicke",),
@@ -46,10 +55,10 @@ def add_model_options(p: argparse.ArgumentParser, *, kinds: tuple[str, ...] = ("
                        help="XY chain: |B_n| bound")
     g.add_argument("--model-json", type=json_object, default=None,
                    help='model as JSON {"kind": ..., "params": {...}}, inline or a file path')
-    g.add_argument("--from-endpoint", default=None,
+    g.add_argument("--from-endpoint", default=None, type=checked(_endpoint, "from-endpoint"),
                    help="zmq://host:port: the model and calibration a lab server reports (describe)")
     if server_options:
-        g.add_argument("--endpoint-key", default=None,
+        g.add_argument("--endpoint-key", default=None, type=input_file,
                        help="CURVE: the server's public key (with --from-endpoint)")
 
 
@@ -104,6 +113,8 @@ def model_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     import qhil.envs  # noqa: F401  (registers the built-in models)
     from qhil.drivers import ValidationError, model_from_dict
     from qhil.envs import ENVIRONMENTS, DickeBattery, XYChain
+    if getattr(args, "endpoint_key", None) is not None and not args.from_endpoint:
+        raise ValidationError("endpoint-key", "given without --from-endpoint", "--from-endpoint zmq://host:port too")
     sources = [name for name in ("--env", "--omegas", "--model-json", "--from-endpoint")
                if getattr(args, name[2:].replace("-", "_"), None)]
     if len(sources) > 1:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .args import backend_spec, checked, float_in, int_in, output_dir, output_file, seed, shots
+from .args import add_backend_options, backend_from_args, checked, float_in, int_in, output_dir, output_file, seed, shots
 from .model_options import add_model_options, model_from_args
 
 
@@ -33,7 +33,7 @@ def _run_name(text: str) -> str:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("optimize", help="closed-loop optimisation on measured figures of merit (resumable)")
     add_model_options(s)
-    s.add_argument("--backend", type=backend_spec, default="statevector", help="statevector | aer | zmq://host:port")
+    add_backend_options(s)
     s.add_argument("--tau", type=float_in(0.0, 1e4, low_open=True), default=5.6, help="charging time τ (1/ω_0)")
     s.add_argument("--steps", type=int_in(1, 10_000), default=28, help="K piecewise-constant steps")
     s.add_argument("--start", type=checked(_start_text, "start"), default="constant:0.3",
@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
                             seed=args.seed, run=name)
     except ValidationError as exc:       # name the option as the command line spells it
         raise ValidationError(exc.parameter.replace("_", "-"), str(exc).split(": ", 1)[-1]) from None
-    summary = run_optimization(spec, args.backend, args.run_dir, progress=not args.no_progress)
+    backend = backend_from_args(args, battery, args.seed)
+    summary = run_optimization(spec, backend, args.run_dir, progress=not args.no_progress)
     print(summary_line(summary))
     if args.json is not None:
         args.json.write_text(json.dumps(summary, indent=1))

@@ -42,22 +42,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .args import backend_spec, checked, choice_list, float_in, floats, input_file, int_in, output_dir, output_file
+from .args import add_backend_options, backend_from_args, checked, choice_list, float_in, floats, input_file, int_in, output_dir, output_file
 from .model_options import add_model_options, model_from_args, model_label
 
 REGIME_CHOICES = ["full_state", "energies", "first_order", "second_order"]
-
-
-def _train_backend(text: str) -> str:
-    """``emulator`` (the in-process emulator, see --emulator) or a driver spec."""
-    if text == "emulator" or text.startswith("zmq://"):
-        return text if text == "emulator" else backend_spec(text)
-    if text in ("statevector", "aer"):
-        return text
-    raise ValueError("allowed: statevector, aer, zmq://host:port or emulator")
-
-
-train_backend = checked(_train_backend, "backend", "text")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -69,11 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="charging time τ in (0, 10⁴] (1/ω_0; default 5.6)")
     s.add_argument("--steps", dest="n_steps", type=int_in(1, 10_000), default=28,
                    help="K piecewise-constant steps (default 28); Δt = τ/K")
-    s.add_argument("--backend", type=train_backend, default="statevector",
-                   help="driver spec: statevector (default), aer, zmq://host:port, or emulator (in-process)")
-    s.add_argument("--emulator", default=None,
-                   help="--backend emulator's imperfections, e.g. amplitude_error=0.05,rise_time=0.02 "
-                        "(amplitude_error, rise_time, frequency_drift, readout_error, oversample)")
+    add_backend_options(s)
     s.add_argument("--shots", type=int_in(1, 10_000_000), default=None,
                    help="shots per setting of each observation (default exact; needed on a measuring backend)")
     s.add_argument("--every", type=int_in(1, 1_000_000), default=1,
@@ -177,23 +161,19 @@ def spec_from_args(args: argparse.Namespace) -> Any:
     from qhil.agents.sac_config import SACConfig
     from qhil.experiments.battery.training import ChargingRunSpec
     battery, provenance = model_from_args(args)
-    from qhil.drivers import ValidationError
     over = sac_overrides(args)
     if args.init_from is not None and "hidden" not in over:      # the source's network sizes
         over |= _source_hidden(args.init_from, args.init_run)
-    if args.emulator is not None and args.backend != "emulator":
-        raise ValidationError("emulator", "imperfections given without --backend emulator", "--backend emulator")
     legacy: dict[str, float] = {}                # an older options file's w_mean/w_width: the env's
     sac = SACConfig.from_file(args.config, legacy, **over) if args.config is not None else SACConfig.from_dict(over)
     fields = {k: getattr(args, k) for k in SPEC_OPTIONS} | {"eval_envs": tuple(args.eval_envs)}
     fields |= {k: v for k, v in legacy.items() if fields.get(k) is None}
     if fields["tensorboard"] is not None:
         fields["tensorboard"] = str(fields["tensorboard"])
-    if args.backend == "emulator":               # the device emulator, in this process
+    if args.backend == "emulator" or args.emulator is not None:     # the device emulator, in this process
         from qhil.envs import ENVIRONMENTS, DickeBattery
-        from qhil.lab.device_backend import emulator_backend, parse_imperfections
         model = battery if battery is not None else DickeBattery(omegas=ENVIRONMENTS[args.env])
-        fields["backend"] = emulator_backend(model, seed=sac.seed, imperfections=parse_imperfections(args.emulator or ""))
+        fields["backend"] = backend_from_args(args, model, sac.seed)
     spec = ChargingRunSpec(env=model_label(battery, provenance), sac=sac, model=battery, model_provenance=provenance,
                            run=args.run, progress=not args.no_progress, **fields)
     spec.sac_config()                            # validated now
