@@ -267,6 +267,8 @@ def test_study_setup_preset_fills_only_what_the_command_left_unset(tmp_path, mon
     assert {c.seed for c in cfgs} == {0, 1}                   # --seeds given: kept
     assert all(c.total_steps == 56_000 and c.n_envs == 8 and c.history == 28 for c in cfgs)   # preset
     assert sum(c.open_loop for c in cfgs) == 2                # shared: once per seed
+    # priority order: the open-loop points first, then every step; seeds of a point together
+    assert [c.open_loop for c in cfgs[:2]] == [True, True] and [c.seed for c in cfgs[:4]] == [0, 1, 0, 1]
     assert dict(seen["specs"][0].sac) == {"learning_starts": 4000, "precision": "auto", "updates_per_step": 0.125}
     assert seen["work"] == tmp_path / "w" and seen["out"] == tmp_path / "o"
     zero = root.parse_args(["study", "measurement", "--setup", "converged", "--learning-starts", "0", "--regimes",

@@ -48,6 +48,7 @@ SETUPS: dict[str, dict[str, Any]] = {
                   "total_steps": 56_000, "seeds": 3, "n_envs": 8, "updates_per_step": 0.125,
                   "learning_starts": 4_000, "precision": "auto",
                   "windows": "energies=28,first_order=28,zz=28,second_order=actions:28", "share_open_loop": True,
+                  "priority": True,
                   "work_dir": Path("runs/measurement_converged"),
                   "out_dir": Path("docs/results/measurement_converged")},
 }
@@ -224,6 +225,19 @@ def study_grid(regimes: Sequence[str], shots: Sequence[int | None], frequencies:
                         seen.add(c.name)
                         out.append(c)
     return out
+
+
+def by_priority(configs: Sequence[StudyConfig]) -> list[StudyConfig]:
+    """``configs`` reordered so that an interrupted study has the most telling points whole:
+    the open-loop configuration, then every-step measurement (shots exact, 100, 10, 1000, each
+    over all regimes), then the sparser frequencies; seeds stay together."""
+    rank = {None: 0, 100: 1, 10: 2, 1000: 3}
+    regimes = list(dict.fromkeys(c.regime for c in configs))
+
+    def key(c: StudyConfig) -> tuple:
+        every, final = parse_frequency(c.frequency)
+        return (not c.open_loop, final, every, rank.get(c.shots, 4), c.shots or 0, regimes.index(c.regime), c.seed)
+    return sorted(configs, key=key)
 
 
 def play_policy(agent: Any, env: ChargingVectorEnv, seed: int | None = None) -> dict[str, np.ndarray]:

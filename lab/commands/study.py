@@ -81,6 +81,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="memory per regime, e.g. energies=28,zz=28,second_order=actions:28")
     m.add_argument("--share-open-loop", action="store_true",
                    help="train final-only configurations (open loop) once per seed for all regimes and shots")
+    m.add_argument("--priority", action="store_true",
+                   help="run the open-loop and every-step configurations first (an interrupted study then "
+                        "has whole points where they matter most)")
     m.add_argument("--setup", choices=sorted(M.SETUPS), default=None,
                    help="preset for the options left unset: " + "; ".join(f"{k}: {v['about']}" for k, v in M.SETUPS.items()))
     _folders(m)
@@ -162,6 +165,8 @@ def run_measurement(args: argparse.Namespace) -> int:
                            reward=args.reward, tomography_shots=args.tomography_shots, env=args.env,
                            seeds=range(args.seeds), total_steps=args.total_steps, n_envs=args.n_envs or 1,
                            windows=_windows(args.windows or ""), share_open_loop=args.share_open_loop)
+    if args.priority:
+        configs = M.by_priority(configs)
     sac = {k: v for k, v in (("hidden", tuple(args.hidden) if args.hidden else None), ("precision", args.precision),
                              ("updates_per_step", args.updates_per_step),
                              ("learning_starts", args.learning_starts)) if v is not None}
