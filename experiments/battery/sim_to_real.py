@@ -452,10 +452,12 @@ def write_figure(work_dir: str | Path, path: Path) -> None:
                             label=f"{m} (deployed)" if s is mine[0] else None)
                 continue
             curves = np.array([trace_on_grid(s["trace"], grid) for s in mine])
-            mean = np.nanmean(curves, axis=0) if len(curves) else grid * np.nan
+            known = ~np.isnan(curves).any(axis=0)         # shots where every seed has handed something over
+            mean = np.where(known, curves.mean(axis=0), np.nan)
             ax.plot(grid, mean, color=color, lw=1.6, label=f"{m} (mean of {len(mine)} seeds)")
             if len(curves) > 1:
-                ax.fill_between(grid, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0), color=color, alpha=0.15)
+                ax.fill_between(grid[known], curves[:, known].min(axis=0), curves[:, known].max(axis=0),
+                                color=color, alpha=0.15)
         ax.set_xscale("log")
         ax.set_xlabel("shots spent on the device")
         ax.set_ylabel("true terminal ergotropy ℰ(τ) (ω_0)")
