@@ -690,6 +690,9 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
         finish["selection_heldout"] = ev["selection"]["heldout"]
     store.finish_run(run, finish)
     store.close()
+    if isinstance(backend, str):                  # the clients this run opened (a lab's sockets)
+        for b in {id(raw_backend): raw_backend, id(eval_raw): eval_raw}.values():
+            b.close()
     return summary
 
 
