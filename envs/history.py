@@ -28,13 +28,15 @@ import numpy as np
 
 from qhil.drivers import ValidationError
 
+from .wrapper import VectorEnvWrapper
+
 #: Largest window accepted (the episode has K = 28 steps by default).
 MAX_WINDOW = 64
 #: What the window can hold: past observations, or past actions beside the current observation.
 WINDOW_KINDS = ("observations", "actions")
 
 
-class HistoryVectorEnv:
+class HistoryVectorEnv(VectorEnvWrapper):
     """Stack the last ``window`` observations (or actions) of a charging vector env.
 
     env:     a :class:`~qhil.envs.charging.ChargingVectorEnv` (or anything with its API)
@@ -74,16 +76,6 @@ class HistoryVectorEnv:
         object.__setattr__(self, "obs_low", lo)
         object.__setattr__(self, "obs_high", hi)
         object.__setattr__(self, "_stack", np.zeros((env.n_envs, self.obs_dim), np.float32))
-
-    # -- delegation: reads and writes of everything else go to the wrapped env -------------
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.env, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in self._OWN:
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self.env, name, value)
 
     def _push(self, obs: np.ndarray) -> np.ndarray:
         if self.of == "actions":

@@ -21,6 +21,8 @@ import numpy as np
 
 from qhil.drivers import ValidationError
 
+from .wrapper import VectorEnvWrapper
+
 
 def check_reference(reference: Any, n_steps: int, low: float, high: float) -> np.ndarray:
     """``reference`` as a (K,) float array: K = ``n_steps`` finite values in [low, high]
@@ -53,7 +55,7 @@ def check_scale(scale: Any, low: float, high: float) -> float:
     return float(scale)
 
 
-class ResidualActionEnv:
+class ResidualActionEnv(VectorEnvWrapper):
     """A charging vector env whose actions are corrections a ∈ [−1, 1] to ``reference``.
 
     env:       a :class:`~qhil.envs.charging.ChargingVectorEnv` (or a wrapper with its API:
@@ -78,16 +80,6 @@ class ResidualActionEnv:
         object.__setattr__(self, "scale", check_scale(scale, low, high))
         object.__setattr__(self, "action_low", -1.0)
         object.__setattr__(self, "action_high", 1.0)
-
-    # -- delegation: everything else is the wrapped env's ------------------------------------
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.env, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in self._OWN:
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self.env, name, value)
 
     def played(self, k: int, actions: np.ndarray) -> np.ndarray:
         """λ_k = clip(λ^ref_k + s a_k, λ_min, λ_max) for corrections ``actions`` (B,) at step k."""

@@ -237,7 +237,7 @@ def test_study_measurement_exits_1_when_a_configuration_fails(tmp_path, capsys, 
     monkeypatch.setattr(ms, "run_config", boom)
     rc, err = _cli(["study", "measurement", "--regimes", "energies", "--shots", "exact", "--frequencies", "1",
                     "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")], capsys)
-    assert rc == 1 and "1 of 1 configuration(s) failed" in err and "NaN reward" in err
+    assert rc == 1 and "1 of 1 run(s) failed" in err and "NaN reward" in err
     assert not (tmp_path / "o" / "measurement_study.csv").exists()
 
 

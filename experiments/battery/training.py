@@ -33,6 +33,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Mapping
 
+from qhil.envs.wrapper import VectorEnvWrapper
+
 #: Recorded options a resumed run must keep: they fix what the policy's inputs mean.
 _RUN_IDENTITY = ("env", "regime", "history", "history_of")
 #: Recorded since runs may use any model: compared when the recorded run has them.
@@ -77,7 +79,7 @@ def _residual_env(env: Any, residual: tuple[Any, float] | None) -> Any:
     return env if residual is None else ResidualActionEnv(env, residual[0], residual[1])
 
 
-class MeasuredEpisodes:
+class MeasuredEpisodes(VectorEnvWrapper):
     """A charging vector env as a device run needs it (the physics unchanged):
 
     * with shot noise (``shots``, or the tomography reward), each round of episodes reseeds it
@@ -105,14 +107,6 @@ class MeasuredEpisodes:
     def objective(self) -> str:
         return "energy" if self.energy_only else str(self.env.objective)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.env, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in self._OWN:
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self.env, name, value)
 
     def reset(self) -> tuple[Any, dict[str, Any]]:
         import numpy as np

@@ -171,11 +171,19 @@ def run_measurement(args: argparse.Namespace) -> int:
                              ("updates_per_step", args.updates_per_step),
                              ("learning_starts", args.learning_starts)) if v is not None}
     specs, executor = M.measurement_runs(configs, args.n_eval, sac), executor_from_args(args)   # all checked
-    bad = [] if args.report_only else [o for o in run_specs(specs, args.work_dir, executor) if o.status == "failed"]
+    outcomes = [] if args.report_only else run_specs(specs, args.work_dir, executor)
+    return _report(outcomes, lambda: M.write_report(args.work_dir, args.out_dir), args.work_dir)
+
+
+def _report(outcomes: list, write: Callable[[], Any], work_dir: Path) -> int:
+    """Say which runs failed, write the report of what finished; the exit status (1: a run
+    failed, or nothing has finished, so no table)."""
+    bad = [o for o in outcomes if o.status == "failed"]
     if bad:
-        print(f"qhil: error: {len(bad)} of {len(specs)} configuration(s) failed, e.g. {bad[0].error}", file=sys.stderr)
-    if not M.write_report(args.work_dir, args.out_dir):
-        print(f"qhil: error: no finished configurations in {args.work_dir}; no table written", file=sys.stderr)
+        print(f"qhil: error: {len(bad)} of {len(outcomes)} run(s) failed, e.g. {bad[0].name}: {bad[0].error}",
+              file=sys.stderr)
+    if not write():
+        print(f"qhil: error: no finished runs in {work_dir}; no table written", file=sys.stderr)
         return 1
     return 1 if bad else 0
 
@@ -191,15 +199,9 @@ def run_sim_to_real(args: argparse.Namespace) -> int:
     opts = S.StudyOptions(**{k: getattr(args, k) for k in names})
     sev, methods = args.severities.split(","), args.methods.split(",")
     S.study_specs(sev, methods, range(args.seeds), opts, study_device)          # checked before any run
-    bad = [] if args.report_only else [o for o in S.run_study(sev, methods, range(args.seeds), opts, study_device,
-                                                              args.work_dir, executor_from_args(args))
-                                       if o.status == "failed"]
-    if bad:
-        print(f"qhil: error: {len(bad)} run(s) failed, e.g. {bad[0].name}: {bad[0].error}", file=sys.stderr)
-    if not S.write_report(args.work_dir, args.out_dir):
-        print(f"qhil: error: no finished runs in {args.work_dir}; no table written", file=sys.stderr)
-        return 1
-    return 1 if bad else 0
+    outcomes = [] if args.report_only else S.run_study(sev, methods, range(args.seeds), opts, study_device,
+                                                       args.work_dir, executor_from_args(args))
+    return _report(outcomes, lambda: S.write_report(args.work_dir, args.out_dir), args.work_dir)
 
 
 def run_tomography(args: argparse.Namespace) -> int:
