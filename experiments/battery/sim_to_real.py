@@ -395,8 +395,9 @@ def study_rows(work_dir: str | Path) -> tuple[list[dict[str, Any]], list[dict[st
 
 
 def trace_on_grid(trace: Sequence[dict[str, float]], grid: np.ndarray) -> np.ndarray:
-    """The true ergotropy of what a run would hand over after x shots, for x on ``grid``: the
-    last trace entry with shots ≤ x (NaN before the first)."""
+    """The true ergotropy of a run's latest scored protocol after x shots, for x on ``grid``: the
+    last trace entry with shots ≤ x (NaN before the first). Optimisers: the incumbent (what they
+    would hand over); residual SAC: every 10th training episode, then the deterministic policy."""
     shots = np.array([t["shots"] for t in trace], float)
     vals = np.array([t["true_ergotropy"] for t in trace], float)
     idx = np.searchsorted(shots, grid, side="right") - 1
@@ -454,7 +455,9 @@ def write_figure(work_dir: str | Path, path: Path) -> None:
             curves = np.array([trace_on_grid(s["trace"], grid) for s in mine])
             known = ~np.isnan(curves).any(axis=0)         # shots where every seed has handed something over
             mean = np.where(known, curves.mean(axis=0), np.nan)
-            ax.plot(grid, mean, color=color, lw=1.6, label=f"{m} (mean of {len(mine)} seeds)")
+            what = ("every 10th training episode, then the deterministic policy" if m == "sac_residual"
+                    else "the incumbent")
+            ax.plot(grid, mean, color=color, lw=1.6, label=f"{m}: {what} (mean of {len(mine)} seeds)")
             if len(curves) > 1:
                 ax.fill_between(grid[known], curves[:, known].min(axis=0), curves[:, known].max(axis=0),
                                 color=color, alpha=0.15)
