@@ -555,11 +555,10 @@ def _regime(text: str, model: Any) -> Any:
 def _as_trained(run: TrainedRun, env: Any) -> Any:
     """``env`` as the run's policy acted on it: a residual run's action is a correction to its
     reference protocol (:class:`~qhil.envs.residual.ResidualActionEnv`), not λ itself."""
+    from .training import _residual_env
     residual = run.config.get("residual")
-    if not residual:
-        return env
-    from qhil.envs.residual import ResidualActionEnv
-    return ResidualActionEnv(env, np.asarray(residual["reference"], float), float(residual["scale"]))
+    return _residual_env(env, None if not residual else (np.asarray(residual["reference"], float),
+                                                        float(residual["scale"])))
 
 
 def _run_policy(spec: DeploySpec, run: TrainedRun, backend: Any, shots: int | None

@@ -38,6 +38,8 @@ from ..stats import t_half_width
 
 #: The methods compared, in the table's order.
 METHODS = ("grape", "cmaes", "nelder-mead", "sac_nominal", "sac_randomised", "sac_residual")
+#: The device's seed (drift walk and shot noise) is this plus the run's seed.
+DEVICE_SEED = 7_000
 #: The sub-folder of the work folder that holds the simulator-trained policies.
 POLICIES = "policies"
 #: The optimisers' basis: dCRAB, a few randomised Fourier components on top of GRAPE (QuOCS).
@@ -178,10 +180,11 @@ class MethodRun:
     def name(self) -> str:
         return f"{self.mismatch.name}/{self.method}/seed{self.seed}"
 
-    def device(self) -> Any:
-        """The device of this run: the same imperfections for every method and seed, the
-        drift path and shot noise seeded by the run's seed."""
-        return self.device_factory(battery_of(self.opts), self.mismatch.imperfections(), 7_000 + self.seed)
+    def policy(self) -> PolicyRun | None:
+        """The simulator policy a deployed SAC arm plays (None for the other methods)."""
+        if self.method not in ("sac_nominal", "sac_randomised"):
+            return None
+        return PolicyRun(self.opts, self.seed, None if self.method == "sac_nominal" else self.mismatch)
 
     def execute(self, work_dir: Path) -> dict[str, Any]:
         import shutil
@@ -196,9 +199,10 @@ class MethodRun:
         scratch = work_dir / "methods" / self.name.replace("/", "_")
         shutil.rmtree(scratch, ignore_errors=True)
         meter = ShotCounter()
-        device = self.device()
-        backend = RecordingBackend(device, meter)
         battery, dt = battery_of(self.opts), 0.2
+        # the same imperfections for every method and seed; drift walk and shot noise seeded per seed
+        device = self.device_factory(battery, self.mismatch.imperfections(), DEVICE_SEED + self.seed)
+        backend = RecordingBackend(device, meter)
         trace: list[dict[str, float]] = []
 
         def score(controls: np.ndarray, measured: float | None = None, std: float | None = None) -> float:
@@ -273,7 +277,7 @@ def _deployed(run: MethodRun, backend: Any, battery: Any, dt: float, score: Call
     from qhil.agents.training import deterministic_episode
 
     from .training import checkpoint_path, evaluation_env
-    trained = PolicyRun(run.opts, run.seed, None if run.method == "sac_nominal" else run.mismatch)
+    trained = run.policy()
     env = evaluation_env(battery, "second_order", 28, backend, "actions", weight=1.0, shots=run.opts.deploy_shots)
     env.seed(run.seed)
     agent = load_agent(checkpoint_path(work.parent.parent / POLICIES, trained.name), env.obs_dim, env.action_low,
@@ -340,11 +344,7 @@ def study_specs(severities: Sequence[str], methods: Sequence[str], seeds: Sequen
     if not callable(device_factory):
         raise ValidationError("device_factory", f"{device_factory!r}", "a function (battery, imperfections, seed) → backend")
     runs = [MethodRun(m, SEVERITIES[s], seed, opts, device_factory) for s in severities for m in methods for seed in seeds]
-    policies: dict[str, PolicyRun] = {}
-    for r in runs:
-        if r.method in ("sac_nominal", "sac_randomised"):
-            p = PolicyRun(opts, r.seed, None if r.method == "sac_nominal" else r.mismatch)
-            policies[p.name] = p
+    policies = {p.name: p for p in (r.policy() for r in runs) if p is not None}
     return list(policies.values()), runs
 
 
@@ -357,8 +357,7 @@ def run_study(severities: Sequence[str], methods: Sequence[str], seeds: Sequence
     executor = executor or LocalExecutor(1)
     out = run_specs(policies, work / POLICIES, executor) if policies else []
     failed = {o.name for o in out if o.status == "failed"}
-    ready = [r for r in runs if r.method not in ("sac_nominal", "sac_randomised") or
-             PolicyRun(opts, r.seed, None if r.method == "sac_nominal" else r.mismatch).name not in failed]
+    ready = [r for r in runs if r.policy() is None or r.policy().name not in failed]
     return out + run_specs(ready, work, executor)
 
 
