@@ -693,6 +693,7 @@ class LabServer:
 
     def _deliver(self, rid: str, ok: bool, digest: str | None, reply: list) -> None:
         self._state.pop(rid, None)
+        self._run_progress.pop(rid, None)
         self._digests.pop(rid, None)
         if ok:
             reply = [bytes(f) for f in reply]       # kept by id: immutable copies
@@ -718,12 +719,22 @@ class LabServer:
         self._submitted = 0                         # runs queued so far (their sequence numbers)
         self._queued_seq: dict[str, int] = {}       # queued id → sequence number
         self._started_seq = 0                       # sequence number of the last started run
-        self._running: tuple[str, float, float, float] | None = None   # id, time, monotonic, estimate
+        #: request id → (start, Unix s; start, monotonic s; estimate, s; executed) of the run that
+        #: is on the device or finished there but not yet answered. Set by the worker, dropped by
+        #: the socket thread when it delivers the reply, so a pong that still says "running"
+        #: always has its figures (single dict operations: no lock needed under the GIL).
+        self._run_progress: dict[str, tuple[float, float, float, bool]] = {}
 
     def _started(self, job: _Job) -> None:
         """Worker: ``job`` starts now (for pongs: its start and estimated duration)."""
         self._started_seq = self._queued_seq.pop(job.id, self._started_seq + 1)
-        self._running = (job.id, time.time(), time.monotonic(), self._estimate(job))
+        self._run_progress[job.id] = (time.time(), time.monotonic(), self._estimate(job), False)
+
+    def _executed(self, job: _Job) -> None:
+        """Worker: the device is done with ``job``; logging and the reply follow (fraction 1)."""
+        started = self._run_progress.get(job.id)
+        if started is not None:
+            self._run_progress[job.id] = started[:3] + (True,)
 
     def _estimate(self, job: _Job) -> float:
         """The device's estimate of ``job``'s duration, seconds, from :meth:`PulseDevice.timing`
@@ -745,13 +756,14 @@ class LabServer:
         returning a fraction in [0, 1], which must not block), ``fraction``."""
         states = {r: self._request_state(r) for r in ids}
         progress: dict[str, dict[str, Any]] = {}
-        running = self._running
         for r, st in states.items():
-            if st == "running" and running is not None and running[0] == r:
-                p: dict[str, Any] = {"started_at": running[1], "elapsed_s": time.monotonic() - running[2]}
-                if math.isfinite(running[3]):
-                    p["estimated_s"] = running[3]
-                f = self._fraction()
+            running = self._run_progress.get(r) if st == "running" else None
+            if running is not None:
+                started_at, started_mono, estimate, executed = running
+                p: dict[str, Any] = {"started_at": started_at, "elapsed_s": time.monotonic() - started_mono}
+                if math.isfinite(estimate):
+                    p["estimated_s"] = estimate
+                f = 1.0 if executed else self._fraction()
                 if f is not None:
                     p["fraction"] = f
                 progress[r] = p
@@ -972,7 +984,6 @@ class LabServer:
                 except Exception as exc:
                     done = (job.id, False, None, wire.encode(wire.error_message(
                         job.id, error("internal", f"{type(exc).__name__}: {exc}"))))
-                self._running = None
                 self._outbox.append(done)
                 out.send(b"", copy=True)          # wake the socket thread
         finally:
@@ -1007,6 +1018,7 @@ class LabServer:
             raise error("device_fault", f"{type(exc).__name__}: {exc} (the device was put in its safe "
                         "state; nothing was logged as executed)") from None
         finished = time.time()
+        self._executed(job)                   # (pongs until the reply is sent: fraction 1)
         self.executed += 1
         results = None
         labels = job.body.get("labels")

@@ -90,6 +90,41 @@ def test_job_far_longer_than_its_estimate_completes(slow_server):
     assert all(abs(info["started_at"] - running[0]["started_at"]) < 1e-6 for info in running)
 
 
+def test_pong_between_the_device_finishing_and_the_reply_keeps_its_figures(tmp_path):
+    """The device has finished the job but the reply is not yet sent (the run log is being
+    written, the socket thread has not picked it up): a pong built in that window still says
+    "running" and must carry the run's figures, with fraction 1 (it once carried none: the CI
+    run that failed on ``info["estimated_s"]``)."""
+    with ThreadServer(SlowDevice(MODEL, 0.1), tmp_path / "runs.sqlite") as srv:
+        window: dict[str, float] = {}
+        release = threading.Event()
+        executed = srv.server._executed
+
+        def held(job):                        # hold the worker inside the window
+            executed(job)
+            window["started"] = srv.server._run_progress[job.id][1]
+            window["opened"] = time.monotonic()
+            release.wait(30)
+
+        srv.server._executed = held
+        in_window: list[dict] = []
+
+        def progress(rid, info):              # pongs built after the window opened (same clock)
+            if info["state"] == "running" and "opened" in window \
+                    and window["started"] + info["elapsed_s"] > window["opened"]:
+                in_window.append(info)
+                if len(in_window) >= 2:
+                    release.set()
+
+        with create_backend(srv.spec, seed=2, timeout=0.5, heartbeat=0.1, retries=0,
+                            progress=progress) as b:
+            r = b.run(Experiment(MODEL, CONTROLS, 0.2, SCHED))[0]
+        assert r.metadata["bridge"]["attempts"] == 1
+        assert not srv.server._run_progress          # dropped with the reply: nothing accumulates
+    assert len(in_window) >= 2
+    assert all(i["estimated_s"] == pytest.approx(0.05) and i["fraction"] == 1.0 for i in in_window)
+
+
 def test_busy_with_a_timeout_shorter_than_the_heartbeat(slow_server):
     """timeout ≤ heartbeat: each "running" pong must move the deadline past the next pong (a
     deadline of timeout after the pong would expire before it and end a busy run)."""
