@@ -85,3 +85,31 @@ def test_optimiser_and_residual_arms_spend_within_the_budget(tmp_path):
     assert res["details"]["episodes"] >= 2 and res["details"]["train_shots"] > 0
     again = S.run_study(["mild"], ["nelder-mead", "sac_residual"], [0], opts, study_device, tmp_path / "w")
     assert [o.status for o in again] == ["skipped", "skipped"]
+
+
+def test_residual_policy_from_the_simulator_deployed_and_fine_tuned(tmp_path):
+    """The simulator's residual policy (domain-randomised, observing as the device arms do) is
+    trained once per severity and seed; deployed as is, and fine-tuned on the device from its
+    own checkpoint. Both play GRAPE + a correction of at most ``residual_scale`` per step."""
+    from qhil.experiments.battery.deployment import load_run
+    from qhil.experiments.battery.training import checkpoint_path, file_sha256
+    opts = S.StudyOptions(budget_shots=12_000, residual_shots=10, train_steps=448, deploy_episodes=2)
+    policies, _ = S.study_specs(["mild"], ["sac_residual_deployed", "sac_residual_finetuned"], [0], opts,
+                                study_device)
+    assert [p.name for p in policies] == ["train/residual-randomised-mild/seed0"]
+    out = S.run_study(["mild"], ["sac_residual_deployed", "sac_residual_finetuned"], [0], opts, study_device,
+                      tmp_path / "w")
+    assert [o.status for o in out] == ["done"] * 3, [o.error for o in out]
+    policy = load_run(tmp_path / "w" / S.POLICIES, policies[0].name)
+    assert policy.config["residual"]["scale"] == opts.residual_scale and policy.config["every"] == opts.residual_every
+    deployed, tuned = out[1].summary, out[2].summary
+    grape = S.grape_of(opts)
+    for s in (deployed, tuned):
+        assert np.max(np.abs(np.asarray(s["controls"]) - grape)) <= opts.residual_scale + 1e-12
+        assert 3.0 < s["final_true_ergotropy"] < 4.4 and 0 < s["shots_spent"] <= opts.budget_shots
+    assert len(deployed["details"]["episodes_true"]) == 2
+    # the fine-tune started from the simulator policy's checkpoint (recorded with its SHA-256)
+    run = load_run(tmp_path / "w" / "methods" / "mild_sac_residual_finetuned_seed0")
+    source = run.config["init_from"]
+    assert source["run"] == policies[0].name
+    assert source["sha256"] == file_sha256(checkpoint_path(tmp_path / "w" / S.POLICIES, policies[0].name))

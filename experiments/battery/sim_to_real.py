@@ -10,7 +10,11 @@ only through measurements and pays for every shot. Methods, on Env1:
   started from GRAPE (:mod:`qhil.experiments.battery.optimize`);
 * ``sac_nominal``: SAC trained on the nominal simulator (correlation regime), then deployed;
 * ``sac_randomised``: SAC trained with domain randomisation over the mismatch, then deployed;
-* ``sac_residual``: residual SAC (a bounded correction to GRAPE) trained on the device.
+* ``sac_residual``: residual SAC (a bounded correction to GRAPE) trained on the device from
+  scratch;
+* ``sac_residual_deployed``: residual SAC trained on the simulator with domain randomisation
+  over the mismatch (the device's own measurement schedule and shots), then deployed as is;
+* ``sac_residual_finetuned``: that policy, fine-tuned on the device (``init_from``).
 
 Each method's hand-over protocol is scored with the emulator's TRUE final state (a
 study-only diagnostic: ``backend.true_states``), beside what the method itself measured.
@@ -37,7 +41,12 @@ from ..runner import LocalExecutor, finished, run_specs
 from ..stats import t_half_width
 
 #: The methods compared, in the table's order.
-METHODS = ("grape", "cmaes", "nelder-mead", "sac_nominal", "sac_randomised", "sac_residual")
+METHODS = ("grape", "cmaes", "nelder-mead", "sac_nominal", "sac_randomised", "sac_residual",
+           "sac_residual_deployed", "sac_residual_finetuned")
+#: The arms that play a simulator-trained policy on the device (as is, or fine-tuned there).
+DEPLOYED = ("sac_nominal", "sac_randomised", "sac_residual_deployed")
+#: The arms that train residual SAC on the device.
+RESIDUAL_ON_DEVICE = ("sac_residual", "sac_residual_finetuned")
 #: The device's seed (drift walk and shot noise) is this plus the run's seed.
 DEVICE_SEED = 7_000
 #: The sub-folder of the work folder that holds the simulator-trained policies.
@@ -112,6 +121,16 @@ class StudyOptions:
             raise ValidationError("residual_scale", f"{self.residual_scale!r}", "(0, 0.6] (ω_0)")
 
 
+def residual_measurement(opts: StudyOptions) -> dict[str, Any]:
+    """What residual SAC observes and is rewarded by, in the simulator and on the device alike
+    (:class:`ChargingRunSpec` fields): the correlation regime every ``residual_every`` steps at
+    ``residual_shots`` per setting, the final energy (w = 1), corrections of at most
+    ``residual_scale`` around the nominal GRAPE protocol."""
+    return {"shots": opts.residual_shots, "every": opts.residual_every, "weight": 1.0,
+            "tomography_shots": opts.residual_shots * 5, "residual": str(GRAPE_DIR / f"grape_{opts.env}.json"),
+            "residual_scale": opts.residual_scale}
+
+
 def battery_of(opts: StudyOptions) -> Any:
     from qhil.envs import ENVIRONMENTS, DickeBattery
     return DickeBattery(omegas=ENVIRONMENTS[opts.env])
@@ -140,22 +159,31 @@ def true_ergotropy(backend: Any, battery: Any, controls: np.ndarray, dt: float) 
 
 @dataclass(frozen=True)
 class PolicyRun:
-    """Train one simulator SAC policy (nominal, or randomised over ``mismatch``) for the study."""
+    """Train one simulator SAC policy (nominal, or randomised over ``mismatch``) for the study.
+    ``residual``: a residual policy around GRAPE that observes exactly as the device arms do
+    (``residual_every``, ``residual_shots``, measured-energy reward w = 1), so that it can be
+    fine-tuned there."""
 
     opts: StudyOptions
     seed: int
     mismatch: Mismatch | None = None
+    residual: bool = False
 
     @property
     def name(self) -> str:
-        return f"train/{'nominal' if self.mismatch is None else 'randomised-' + self.mismatch.name}/seed{self.seed}"
+        kind = "nominal" if self.mismatch is None else "randomised-" + self.mismatch.name
+        return f"train/{'residual-' if self.residual else ''}{kind}/seed{self.seed}"
 
     def spec(self) -> Any:
         from .training import ChargingRunSpec
-        sac = {"seed": self.seed, "total_steps": self.opts.train_steps, "updates_per_step": 0.125,
+        o = self.opts
+        sac = {"seed": self.seed, "total_steps": o.train_steps, "updates_per_step": 0.125,
                "learning_starts": 4_000, "precision": "auto"}
         extra = {} if self.mismatch is None else {"mismatch": randomisation_ranges(self.mismatch)}
-        return ChargingRunSpec(env=self.opts.env, regime="second_order", sac=sac, history=28, history_of="actions",
+        if self.residual:
+            return ChargingRunSpec(env=o.env, regime="second_order", sac=sac | {"hidden": o.residual_hidden},
+                                   **residual_measurement(o), n_envs=8, run=self.name, **extra)
+        return ChargingRunSpec(env=o.env, regime="second_order", sac=sac, history=28, history_of="actions",
                                n_envs=8, run=self.name, **extra)
 
     def execute(self, work_dir: Path) -> dict[str, Any]:
@@ -181,7 +209,9 @@ class MethodRun:
         return f"{self.mismatch.name}/{self.method}/seed{self.seed}"
 
     def policy(self) -> PolicyRun | None:
-        """The simulator policy a deployed SAC arm plays (None for the other methods)."""
+        """The simulator policy a deployed or fine-tuned SAC arm starts from (None for the others)."""
+        if self.method in ("sac_residual_deployed", "sac_residual_finetuned"):
+            return PolicyRun(self.opts, self.seed, self.mismatch, residual=True)
         if self.method not in ("sac_nominal", "sac_randomised"):
             return None
         return PolicyRun(self.opts, self.seed, None if self.method == "sac_nominal" else self.mismatch)
@@ -213,7 +243,8 @@ class MethodRun:
             return value
 
         arm = {"grape": _grape, "cmaes": _optimiser, "nelder-mead": _optimiser, "sac_nominal": _deployed,
-               "sac_randomised": _deployed, "sac_residual": _residual}[self.method]
+               "sac_randomised": _deployed, "sac_residual": _residual, "sac_residual_deployed": _deployed,
+               "sac_residual_finetuned": _residual}[self.method]
         store = RunStore(work_dir / "runs.sqlite")
         try:
             store.start_run(self.name, {"method": self.method, "mismatch": dataclasses.asdict(self.mismatch),
@@ -271,14 +302,23 @@ def _optimiser(run: MethodRun, backend: Any, battery: Any, dt: float, score: Cal
 
 
 def _deployed(run: MethodRun, backend: Any, battery: Any, dt: float, score: Callable, work: Path) -> dict[str, Any]:
-    """A simulator-trained policy played closed loop on the device: second-order observations
-    with ``deploy_shots`` per setting at every step; ``deploy_episodes`` episodes, each scored."""
+    """A simulator-trained policy played closed loop on the device, ``deploy_episodes`` episodes,
+    each scored: second-order observations with ``deploy_shots`` per setting at every step, or
+    a residual policy with its own measurements (:func:`residual_measurement`)."""
     from qhil.agents.selection import load_policy as load_agent
     from qhil.agents.training import deterministic_episode
 
+    from .deployment import reference_protocol
     from .training import checkpoint_path, evaluation_env
     trained = run.policy()
-    env = evaluation_env(battery, "second_order", 28, backend, "actions", weight=1.0, shots=run.opts.deploy_shots)
+    if trained.residual:
+        r = residual_measurement(run.opts)
+        ref, _ = reference_protocol(r["residual"], 28, 28 * dt, "residual")
+        env = evaluation_env(battery, "second_order", None, backend, weight=1.0, shots=r["shots"], every=r["every"],
+                             residual=(ref, r["residual_scale"]))
+    else:
+        env = evaluation_env(battery, "second_order", 28, backend, "actions", weight=1.0,
+                             shots=run.opts.deploy_shots)
     env.seed(run.seed)
     agent = load_agent(checkpoint_path(work.parent.parent / POLICIES, trained.name), env.obs_dim, env.action_low,
                        env.action_high)
@@ -297,11 +337,15 @@ def _residual(run: MethodRun, backend: Any, battery: Any, dt: float, score: Call
     """Residual SAC on the device: λ_k = GRAPE_k + s·a_k, correlation-regime observations every
     ``residual_every`` steps with ``residual_shots`` per setting, the measured-energy reward
     (w = 1); as many episodes as the shot budget allows after the final evaluation (one
-    episode and a terminal tomography). Every 10th training episode's played protocol is scored."""
+    episode and a terminal tomography). Every 10th training episode's played protocol is scored.
+    From scratch (``sac_residual``), or fine-tuning the simulator's residual policy
+    (``sac_residual_finetuned``: its networks, a fresh buffer, a short uniform warm-up)."""
     from qhil.drivers import MeasurementSchedule
 
     from .training import ChargingRunSpec
     o = run.opts
+    source = run.policy()
+    init = {} if source is None else {"init_from": str(work.parent.parent / POLICIES), "init_run": source.name}
     sched = MeasurementSchedule("second_order", every=o.residual_every, shots=o.residual_shots)
     per_episode = sched.cost(battery.n_qubits, 28).total_shots
     tomography = 3 ** battery.n_qubits * o.residual_shots * 5  # the final evaluation's ℰ estimate
@@ -320,10 +364,8 @@ def _residual(run: MethodRun, backend: Any, battery: Any, dt: float, score: Call
     from qhil.experiments.battery.deployment import RecordingBackend
     spec = ChargingRunSpec(env=o.env, regime="second_order", backend=RecordingBackend(backend, every_tenth),
                            sac={"seed": run.seed, "total_steps": int(episodes) * 28, "hidden": o.residual_hidden,
-                                "learning_starts": 10 * 28, "batch_size": 64},
-                           shots=o.residual_shots, every=o.residual_every, weight=1.0,
-                           tomography_shots=o.residual_shots * 5, residual=str(GRAPE_DIR / f"grape_{o.env}.json"),
-                           residual_scale=o.residual_scale, checkpoint_seconds=None, run=run.name)
+                                "learning_starts": 10 * 28 if source is None else 64, "batch_size": 64},
+                           **residual_measurement(o), checkpoint_seconds=None, run=run.name, **init)
     summary = spec.execute(work)
     det = summary["deterministic"]
     return {"controls": np.asarray(det["protocol"], float), "measured": det["ergotropy"],
@@ -445,7 +487,7 @@ def write_figure(work_dir: str | Path, path: Path) -> None:
                 v = [s["final_true_ergotropy"] for s in mine]
                 ax.axhline(float(np.mean(v)), color=color, ls=":", lw=1.5, label=f"{m} (open loop, 0 shots to learn)")
                 continue
-            if m.startswith("sac_") and m != "sac_residual":
+            if m in DEPLOYED:
                 for s in mine:
                     pts = [(t["shots"], t["true_ergotropy"]) for t in s["trace"]]
                     ax.plot(*zip(*pts), marker="o", ls="none", color=color, ms=4, alpha=0.7,
@@ -454,7 +496,7 @@ def write_figure(work_dir: str | Path, path: Path) -> None:
             curves = np.array([trace_on_grid(s["trace"], grid) for s in mine])
             known = ~np.isnan(curves).any(axis=0)         # shots where every seed has handed something over
             mean = np.where(known, curves.mean(axis=0), np.nan)
-            what = ("every 10th training episode, then the deterministic policy" if m == "sac_residual"
+            what = ("every 10th training episode, then the deterministic policy" if m in RESIDUAL_ON_DEVICE
                     else "the incumbent")
             ax.plot(grid, mean, color=color, lw=1.6, label=f"{m}: {what} (mean of {len(mine)} seeds)")
             if len(curves) > 1:
