@@ -474,7 +474,7 @@ def write_figure(work_dir: str | Path, path: Path) -> None:
     plt = pyplot()
     runs = [s for s in finished(work_dir).values() if s and "method" in s]
     severities = sorted({s["severity"] for s in runs})
-    fig, axes = plt.subplots(1, len(severities), figsize=(6.5 * len(severities), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(severities), figsize=(6.5 * len(severities), 6.0), squeeze=False)
     top = max(s["shots_spent"] for s in runs) or 1
     grid = np.unique(np.geomspace(1e3, max(top, 1e3), 60).round())
     for ax, sev in zip(axes[0], severities):
@@ -508,7 +508,8 @@ def write_figure(work_dir: str | Path, path: Path) -> None:
         m = SEVERITIES[sev]
         ax.set_title(f"{sev}: amplitude {m.amplitude_error:g}, rise {m.rise_time:g}, drift {m.frequency_drift:g}, "
                      f"readout {m.readout_error:g}", fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()      # one legend below the panels (off the data)
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=2, frameon=False)
+    fig.tight_layout(rect=(0, 0.03 * (len(labels) + 1) / 2, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
