@@ -83,6 +83,9 @@ def save_checkpoint(path: str | Path, agent: Any, buffer: ReplayBuffer | None, s
     tmp = path.with_suffix(path.suffix + ".tmp")
     blob = {"agent": agent.state_dict(), "buffer": None if buffer is None else buffer.state_dict(),
             "state": state.__dict__, "env_n_step": env.n_step}
+    backend = getattr(env, "backend", None)
+    if callable(getattr(backend, "state_dict", None)):      # e.g. an emulator's drift walk
+        blob["backend_state"] = backend.state_dict()
     schedule = _reward_schedule(env)
     if schedule is not None:                  # the env's reward weight: a resume must keep it
         blob["env_reward_weight"] = schedule
@@ -134,6 +137,8 @@ def load_checkpoint(path: str | Path, agent: Any, buffer: ReplayBuffer | None, e
     if buffer is not None:
         buffer.load_state_dict(blob["buffer"])
     env.n_step = blob["env_n_step"]
+    if blob.get("backend_state") is not None:
+        env.backend.load_state_dict(blob["backend_state"])
     return TrainState(**blob["state"])
 
 
@@ -181,6 +186,11 @@ class ChargingEpisodes:
     def reward_weights(self, step: int) -> np.ndarray:
         """The env's weights of ``info["reward_terms"]`` at environment step ``step``."""
         return self.env.reward_weights(step)
+
+    @property
+    def backend(self) -> Any:
+        """The env's backend (its state goes into checkpoints: an emulator's drift walk)."""
+        return getattr(self.env, "backend", None)
 
     @property
     def n_step(self) -> int:

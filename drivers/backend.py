@@ -10,6 +10,7 @@ same shapes and metadata keys; code above the drivers never asks which one it ha
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import inspect
@@ -17,7 +18,7 @@ import platform
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -91,6 +92,21 @@ class Backend(ABC):
         """What this backend is and can do (hardware drivers add channels, limits, calibration)."""
         return {"driver": self.name, "capabilities": dataclasses.asdict(self.capabilities),
                 "versions": versions()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What changes as the backend runs (its seed generator; a simulated device's drift),
+        for a training checkpoint: restored on resume, a run continues as if never stopped."""
+        return {"rng": copy.deepcopy(self._rng.bit_generator.state)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (ValidationError naming ``backend_state`` if it is not one)."""
+        rng = np.random.default_rng()
+        try:
+            rng.bit_generator.state = dict(state["rng"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValidationError("backend_state", f"not a {self.name} backend state ({exc!r})",
+                                  "a state_dict() of the same driver") from None
+        self._rng = rng
 
     def close(self) -> None:
         """Release resources (sockets, threads)."""

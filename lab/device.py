@@ -20,7 +20,7 @@ import math
 import threading
 import time
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import scipy.sparse as sp
@@ -102,6 +102,16 @@ class PulseDevice(ABC):
 
     def begin_episode(self, rng: np.random.Generator) -> None:
         """Called once before each experiment (drifts evolve between episodes)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What evolves from experiment to experiment in a simulated device (an emulator's drift
+        walk), for a training checkpoint; {} for a device whose state is physics, not ours."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (a device with none accepts only {})."""
+        if state:
+            raise ValidationError("device_state", f"{self.name} keeps no state to restore", "{}")
 
     def execute(self, controls: np.ndarray, dt: float, steps: np.ndarray, settings: tuple[str, ...],
                 shots: int | None, rng: np.random.Generator) -> np.ndarray:
@@ -384,6 +394,30 @@ class EmulatorDevice(ModelDevice):
                 "solver": {"method": self.method, "krylov_dim": self.krylov_dim,
                            "krylov_tol": self.krylov_tol},
                 "timing_basis": basis}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The drift walk: frequency offsets (ω_0), experiments so far, the walk's generator."""
+        with self.lock:
+            return {"frequency_offsets": self.frequency_offsets.tolist(), "episodes": self.episodes,
+                    "drift_rng": copy.deepcopy(self._drift_rng.bit_generator.state)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        try:
+            offsets = np.array(state["frequency_offsets"], dtype=float)
+            episodes, rng_state = int(state["episodes"]), dict(state["drift_rng"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValidationError("device_state", f"not an emulator state ({exc!r})",
+                                  "frequency_offsets, episodes, drift_rng") from None
+        if offsets.shape != (self.n_qubits,) or not np.all(np.isfinite(offsets)):
+            raise ValidationError("device_state.frequency_offsets", f"{offsets.tolist()}",
+                                  f"{self.n_qubits} finite numbers")
+        rng = np.random.default_rng()
+        try:
+            rng.bit_generator.state = rng_state
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValidationError("device_state.drift_rng", f"{exc!r}", "a PCG64 generator state") from None
+        with self.lock:
+            self.frequency_offsets, self.episodes, self._drift_rng = offsets, episodes, rng
 
     def begin_episode(self, rng: np.random.Generator) -> None:
         self.episodes += 1

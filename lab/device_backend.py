@@ -50,6 +50,14 @@ class DeviceBackend(Backend):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "device": self.device.describe()}
 
+    def state_dict(self) -> dict[str, Any]:
+        """The seed generator's state and the device's (an emulator's drift walk)."""
+        return {**super().state_dict(), "device": self.device.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.device.load_state_dict(state.get("device") or {})
+
     def _check(self, e: Experiment, i: int) -> None:
         dev = self.device
         model = getattr(dev, "model", None)

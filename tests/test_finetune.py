@@ -267,3 +267,47 @@ def test_randomised_mismatch_run_records_its_ranges_and_refuses_other_ones_on_re
     with pytest.raises(ValidationError, match="mismatch"):
         ChargingRunSpec(**base | {"sac": base["sac"] | {"total_steps": 112}},
                         mismatch=ranges | {"amplitude_error": 0.03}).execute(tmp_path)
+
+
+def test_training_on_a_drifting_emulator_resumes_exactly(tmp_path, monkeypatch):
+    """The emulator's frequency drift walks one step per experiment; a checkpoint carries the
+    walk (and the backend's generator), so a run resumed by a new process on a new emulator
+    of the same seed continues as if never stopped: same episodes, same final policy."""
+    from qhil.envs import ENVIRONMENTS, DickeBattery
+    from qhil.lab.device_backend import emulator_backend
+    battery = DickeBattery(omegas=ENVIRONMENTS["env1"])
+
+    def device():                       # a new process's emulator: the walk starts again at 0
+        return emulator_backend(battery, seed=11, imperfections={"frequency_drift": 0.02, "amplitude_error": 0.03})
+
+    def run_spec():
+        return spec(sac=sac(total=6 * K, learning_starts=2 * K), run="drift", backend=device(), shots=40, every=7,
+                    weight=1.0, residual=GRAPE, residual_scale=0.05)
+
+    straight = _run(monkeypatch, run_spec(), tmp_path / "a")
+    with pytest.raises(Crash):
+        _run(monkeypatch, run_spec(), tmp_path / "b", crash_at=5)          # checkpoint after episode 4
+    blob = torch.load(checkpoint_path(tmp_path / "b", "drift"), weights_only=False)
+    walk = blob["backend_state"]["device"]
+    assert walk["episodes"] > 0 and np.any(np.asarray(walk["frequency_offsets"]) != 0)
+    resumed = _run(monkeypatch, run_spec(), tmp_path / "b")
+    a, b = (RunStore(tmp_path / x / "runs.sqlite").episodes("drift") for x in ("a", "b"))
+    assert len(a["episode"]) == len(b["episode"]) == 6
+    np.testing.assert_array_equal(a["ret"], b["ret"])
+    assert json.dumps(straight["deterministic"]) == json.dumps(resumed["deterministic"])   # (NaN: unmeasured steps)
+
+
+def test_emulator_state_is_checked_when_restored():
+    from qhil.envs import ENVIRONMENTS, DickeBattery
+    from qhil.lab.device_backend import emulator_backend
+    be = emulator_backend(DickeBattery(omegas=ENVIRONMENTS["env1"]), seed=1, imperfections={"frequency_drift": 0.01})
+    good = be.state_dict()
+    for bad, name in (({}, "backend_state"), ({"rng": good["rng"], "device": {"episodes": 1}}, "device_state"),
+                      ({"rng": good["rng"], "device": {**good["device"], "frequency_offsets": [0.0]}},
+                       "device_state.frequency_offsets"),
+                      ({"rng": {"bit_generator": "nonsense"}}, "backend_state")):
+        with pytest.raises(ValidationError) as exc:
+            be.load_state_dict(bad)
+        assert exc.value.parameter == name
+    be.load_state_dict(good)
+    assert be.state_dict() == good

@@ -316,6 +316,12 @@ class RecordingBackend(Backend):
     def _run(self, batch: list, seeds: Any) -> list:       # never called: run() delegates
         raise NotImplementedError
 
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: Any) -> None:
+        self.inner.load_state_dict(state)
+
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
 

@@ -224,8 +224,9 @@ class MethodRun:
         from .deployment import RecordingBackend
         from .training import ShotCounter
         work_dir = Path(work_dir)
-        # An unfinished method run starts again from scratch: the emulator's drift walk and the
-        # shot ledger are not checkpointed, so a partial resume would not be the same experiment.
+        # An unfinished method run starts again from scratch: an optimiser's replayed evaluations
+        # do not step the emulator's drift walk, and the study's shot trace is not checkpointed,
+        # so a partial resume would not be the same experiment.
         scratch = work_dir / "methods" / self.name.replace("/", "_")
         shutil.rmtree(scratch, ignore_errors=True)
         meter = ShotCounter()
