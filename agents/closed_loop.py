@@ -43,6 +43,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from qhil.drivers import ValidationError
+from qhil.drivers import checks as check
 
 METHODS = ("cmaes", "nelder-mead", "powell", "spsa")
 BASES = ("piecewise", "dcrab")
@@ -54,25 +55,10 @@ SPSA_C = 0.005
 
 
 # -- parametrisations ------------------------------------------------------------------------
-def _check_start(start: Any, lower: float, upper: float, n_steps: int | None = None) -> np.ndarray:
-    try:
-        arr = np.array(start, dtype=float)
-    except (TypeError, ValueError):
-        raise ValidationError("start", "is not a sequence of numbers", "K finite values in the bounds") from None
-    if arr.ndim != 1 or arr.size < 1:
-        raise ValidationError("start", f"has shape {arr.shape}", "a 1-D protocol of K ≥ 1 values")
-    if n_steps is not None and arr.size != n_steps:
-        raise ValidationError("start", f"has {arr.size} steps", f"K = {n_steps} steps (one value per step)")
-    if not np.all(np.isfinite(arr)):
-        raise ValidationError("start", "holds non-finite values", "finite numbers")
+def _check_start(start: Any, lower: float, upper: float) -> np.ndarray:
     if not (math.isfinite(lower) and math.isfinite(upper) and lower < upper):
         raise ValidationError("bounds", f"[{lower}, {upper}]", "finite lower < upper")
-    tol = 1e-9 * max(1.0, abs(lower), abs(upper))
-    bad = np.flatnonzero((arr < lower - tol) | (arr > upper + tol))
-    if bad.size:
-        k = int(bad[0])
-        raise ValidationError("start", f"step {k} is {arr[k]:g}, out of the bounds", f"[{lower:g}, {upper:g}]")
-    arr = np.clip(arr, lower, upper)
+    arr = check.protocol("start", start, bounds=(lower, upper))
     arr.setflags(write=False)
     return arr
 
@@ -236,8 +222,7 @@ class _Loop:
                 self.references.append({"evaluation": self.evals, "fom": m.value, "correction": self.correction})
             inc = self.incumbent
             if inc is not None:
-                self.trace.append({"evaluation": self.evals, "shots_spent": self.shots,
-                                   "incumbent_fom": inc.mean, "incumbent_std": inc.std})
+                self.trace.append(self._trace_entry(inc))
             if self.on_evaluation is not None:
                 self.on_evaluation({"evaluation": self.evals, "kind": kind, "controls": c.tolist(),
                                     "fom": m.value, "value": value, "correction": self.correction,
@@ -278,12 +263,14 @@ class _Loop:
             self._trace_incumbent()
         return -values
 
+    def _trace_entry(self, inc: _Incumbent) -> dict[str, Any]:
+        return {"evaluation": self.evals, "shots_spent": self.shots, "incumbent_fom": inc.mean, "incumbent_std": inc.std}
+
     def _trace_incumbent(self) -> None:
         """The trace's entry for the latest evaluation holds the incumbent after its batch's decision."""
-        inc = self.incumbent
-        if inc is None:
+        if self.incumbent is None:
             return
-        entry = {"evaluation": self.evals, "shots_spent": self.shots, "incumbent_fom": inc.mean, "incumbent_std": inc.std}
+        entry = self._trace_entry(self.incumbent)
         if self.trace and self.trace[-1]["evaluation"] == self.evals:
             self.trace[-1] = entry
         else:
@@ -327,11 +314,11 @@ def _scipy(loop: _Loop, method: str, x0: np.ndarray, bounds: Any, step: float) -
             lo, hi = bounds
             simplex[1:] = np.where(simplex[1:] > hi, x0 - step * np.eye(dim), simplex[1:])
             simplex = np.clip(simplex, lo, hi)
-        options = {"maxfev": 10**9, "initial_simplex": simplex, "xatol": 1e-10, "fatol": 1e-12, "adaptive": dim > 10}
-        minimize(lambda x: float(loop.evaluate(x[None])[0]), x0, method="Nelder-Mead", bounds=box, options=options)
+        name, options = "Nelder-Mead", {"initial_simplex": simplex, "xatol": 1e-10, "fatol": 1e-12, "adaptive": dim > 10}
     else:
-        options = {"maxfev": 10**9, "direc": step * np.eye(dim), "xtol": 1e-8, "ftol": 1e-12}
-        minimize(lambda x: float(loop.evaluate(x[None])[0]), x0, method="Powell", bounds=box, options=options)
+        name, options = "Powell", {"direc": step * np.eye(dim), "xtol": 1e-8, "ftol": 1e-12}
+    minimize(lambda x: float(loop.evaluate(x[None])[0]), x0, method=name, bounds=box,
+             options={"maxfev": 10**9, **options})
 
 
 def _spsa(loop: _Loop, x0: np.ndarray, bounds: Any, seed: int, step: float, c: float, big_a: float,

@@ -52,13 +52,19 @@ def shots_per_evaluation(battery: DickeBattery, fom: str, shots: int | None) -> 
     return int(shots) * (1 if fom == "energy" else 3 ** battery.n_qubits)
 
 
+def measured_device_s(result: Any) -> float | None:
+    """The device seconds a result reports: ``metadata["device_s"]`` (a DeviceBackend), else the
+    lab's (ZeroMQ bridge), else None (a simulator)."""
+    meta = getattr(result, "metadata", None) or {}
+    dev = meta.get("device_s", (meta.get("bridge") or {}).get("device_s"))
+    return None if dev is None else float(dev)
+
+
 def _device_s(result: Result) -> float:
+    dev = measured_device_s(result)
+    if dev is not None:
+        return dev
     meta = result.metadata
-    if meta.get("device_s") is not None:
-        return float(meta["device_s"])
-    bridge = meta.get("bridge") or {}
-    if bridge.get("device_s") is not None:
-        return float(bridge["device_s"])
     return float(meta.get("batch_wall_s", 0.0)) / max(int(meta.get("batch_size", 1)), 1)
 
 

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from qhil.drivers import ValidationError
+from qhil.drivers import checks as check
 
 from .wrapper import VectorEnvWrapper
 
@@ -27,24 +28,7 @@ from .wrapper import VectorEnvWrapper
 def check_reference(reference: Any, n_steps: int, low: float, high: float) -> np.ndarray:
     """``reference`` as a (K,) float array: K = ``n_steps`` finite values in [low, high]
     (units ω_0); a (K, 1) array is accepted. ValidationError naming ``residual`` otherwise."""
-    try:
-        ref = np.asarray(reference, dtype=float)
-    except (TypeError, ValueError):
-        raise ValidationError("residual", "the reference protocol is not numbers",
-                              f"{n_steps} values in [{low:g}, {high:g}]") from None
-    if ref.ndim == 2 and ref.shape[1] == 1:
-        ref = ref[:, 0]
-    if ref.ndim != 1 or ref.shape[0] != n_steps:
-        raise ValidationError("residual", f"a reference protocol of shape {ref.shape}",
-                              f"K = {n_steps} values, one per step (the run's --steps)")
-    if not np.all(np.isfinite(ref)):
-        raise ValidationError("residual", "the reference protocol holds non-finite values",
-                              f"finite values in [{low:g}, {high:g}]")
-    tol = 1e-9 * (high - low)
-    if ref.min() < low - tol or ref.max() > high + tol:
-        raise ValidationError("residual", f"reference λ in [{ref.min():g}, {ref.max():g}]",
-                              f"within the action bounds [{low:g}, {high:g}] (units ω_0)")
-    return np.clip(ref, low, high)
+    return check.protocol("residual", reference, n_steps, (low, high))
 
 
 def check_scale(scale: Any, low: float, high: float) -> float:

@@ -558,7 +558,7 @@ def _regime(text: str, model: Any) -> Any:
     return labels
 
 
-def _as_trained(run: TrainedRun, env: Any) -> Any:
+def as_trained(run: TrainedRun, env: Any) -> Any:
     """``env`` as the run's policy acted on it: a residual run's action is a correction to its
     reference protocol (:class:`~qhil.envs.residual.ResidualActionEnv`), not λ itself."""
     from .training import _residual_env
@@ -578,13 +578,13 @@ def _run_policy(spec: DeploySpec, run: TrainedRun, backend: Any, shots: int | No
     steps: list[tuple[Any, Any]] = []
     inner = RecordingBackend(backend, lambda e, r: steps.append((e, r)))
     shape = {"tau": run.tau, "n_steps": run.n_steps}
-    env = _as_trained(run, evaluation_env(run.battery, run.regime, run.history, inner, run.history_of, weight=1.0,
+    env = as_trained(run, evaluation_env(run.battery, run.regime, run.history, inner, run.history_of, weight=1.0,
                                           shots=shots, **shape))
     env.seed(spec.seed)
     agent = load_agent(run.checkpoint, env.obs_dim, env.action_low, env.action_high)
     ep = deterministic_episode(agent, env)
     with create_backend("statevector") as sv:
-        sim_env = _as_trained(run, evaluation_env(run.battery, run.regime, run.history, sv, run.history_of, **shape))
+        sim_env = as_trained(run, evaluation_env(run.battery, run.regime, run.history, sv, run.history_of, **shape))
         sim = deterministic_episode(agent, sim_env)
     played = np.asarray(ep["protocol"], dtype=float).reshape(-1, 1)
     return played, steps, {"protocol": sim["protocol"], "ergotropy": sim["ergotropy"], "energy": sim["energy"]}

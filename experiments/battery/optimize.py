@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sqlite3
 import sys
 import time
@@ -28,11 +27,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from qhil.agents.closed_loop import BASES, METHODS
 from qhil.drivers import ValidationError
-
-from qhil.agents.closed_loop import BASES, METHODS  # noqa: E402  (the optimisers' own names)
-
-FIGURES = ("energy", "ergotropy")
+from qhil.drivers import checks as check
+from qhil.envs.figure_of_merit import FIGURES
 #: default initial steps (x units: ω_0 for piecewise, amplitudes for dCRAB); SPSA moves every
 #: component at once, so its first step is small
 DEFAULT_SIGMA0 = {"cmaes": 0.03, "nelder-mead": 0.03, "powell": 0.03, "spsa": 0.002}
@@ -59,10 +57,7 @@ def _int_or_none(name: str, value: Any, lo: int, hi: int) -> int | None:
 
 
 def _positive(name: str, value: Any, hi: float = 100.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
-            or not (math.isfinite(float(value)) and 0 < float(value) <= hi):
-        raise ValidationError(name, f"{value!r}", f"a finite number in (0, {hi:g}]")
-    return float(value)
+    return check.finite_float(name, value, 0.0, hi, lo_open=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,11 +140,11 @@ class OptimizeSpec:
             raise ValidationError("reference", "given without drift_every", "drift_every m with a reference")
         battery = self.battery()
         lo, hi = (float(battery.controls[0].lower), float(battery.controls[0].upper))
-        start = _as_start(self.start, self.n_steps)
+        start = tuple(check.protocol("start", self.start, self.n_steps).tolist())
         object.__setattr__(self, "start", start)
         if self.reference is not None:
-            ref = make_parametrisation("piecewise", _as_start(self.reference, self.n_steps, "reference"), lo, hi)
-            object.__setattr__(self, "reference", tuple(ref.start.tolist()))
+            ref = check.protocol("reference", self.reference, self.n_steps, (lo, hi))
+            object.__setattr__(self, "reference", tuple(ref.tolist()))
         make_parametrisation(self.basis, start, lo, hi, self.components, self.seed)   # checks start, components
         need = 1 + 2 * self.reevaluate + (1 if self.drift_every else 0)
         if self.max_evals is not None and self.max_evals < need:
@@ -187,20 +182,6 @@ class OptimizeSpec:
         doc["reference"] = None if self.reference is None else list(self.reference)
         doc["model"] = self.battery().to_dict()
         return doc
-
-
-def _as_start(values: Any, n_steps: int, name: str = "start") -> tuple[float, ...]:
-    try:
-        arr = np.array(values, dtype=float)
-    except (TypeError, ValueError):
-        raise ValidationError(name, "is not a sequence of numbers", f"{n_steps} finite values") from None
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 1 or arr.size != n_steps:
-        raise ValidationError(name, f"has shape {arr.shape}", f"K = n_steps = {n_steps} values, one per step")
-    if not np.all(np.isfinite(arr)):
-        raise ValidationError(name, "holds non-finite values", "finite numbers")
-    return tuple(float(x) for x in arr)
 
 
 def start_protocol(text: str, battery: Any, n_steps: int, tau: float | None = None) -> np.ndarray:

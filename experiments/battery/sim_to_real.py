@@ -305,24 +305,23 @@ def _optimiser(run: MethodRun, backend: Any, battery: Any, dt: float, score: Cal
 def _deployed(run: MethodRun, backend: Any, battery: Any, dt: float, score: Callable, work: Path) -> dict[str, Any]:
     """A simulator-trained policy played closed loop on the device, ``deploy_episodes`` episodes,
     each scored: second-order observations with ``deploy_shots`` per setting at every step, or
-    a residual policy with its own measurements (:func:`residual_measurement`)."""
+    a residual policy with its own measurements (:func:`residual_measurement`) and the reference
+    and scale its run recorded."""
     from qhil.agents.selection import load_policy as load_agent
     from qhil.agents.training import deterministic_episode
 
-    from .deployment import reference_protocol
+    from .deployment import as_trained, load_run
     from .training import checkpoint_path, evaluation_env
-    trained = run.policy()
+    policies, trained = work.parent.parent / POLICIES, run.policy()
     if trained.residual:
         r = residual_measurement(run.opts)
-        ref, _ = reference_protocol(r["residual"], 28, 28 * dt, "residual")
-        env = evaluation_env(battery, "second_order", None, backend, weight=1.0, shots=r["shots"], every=r["every"],
-                             residual=(ref, r["residual_scale"]))
+        env = as_trained(load_run(policies, trained.name), evaluation_env(
+            battery, "second_order", None, backend, weight=1.0, shots=r["shots"], every=r["every"]))
     else:
         env = evaluation_env(battery, "second_order", 28, backend, "actions", weight=1.0,
                              shots=run.opts.deploy_shots)
     env.seed(run.seed)
-    agent = load_agent(checkpoint_path(work.parent.parent / POLICIES, trained.name), env.obs_dim, env.action_low,
-                       env.action_high)
+    agent = load_agent(checkpoint_path(policies, trained.name), env.obs_dim, env.action_low, env.action_high)
     true, measured = [], []
     for _ in range(run.opts.deploy_episodes):
         ep = deterministic_episode(agent, env)

@@ -138,35 +138,16 @@ class ShotCounter:
         self.device_s = float(start.get("device_s", 0.0))
 
     def __call__(self, experiment: Any, result: Any) -> None:
+        from qhil.envs.figure_of_merit import measured_device_s
         self.experiments += 1
         self.shots += int(experiment.cost().total_shots)
-        meta = getattr(result, "metadata", None) or {}
-        dev = meta.get("device_s", (meta.get("bridge") or {}).get("device_s"))
+        dev = measured_device_s(result)
         if dev is not None:
-            self.device_s += float(dev)
+            self.device_s += dev
 
     def totals(self) -> dict[str, Any]:
         """{shots_spent, experiments_run, device_s (seconds)}."""
         return {"shots_spent": self.shots, "experiments_run": self.experiments, "device_s": self.device_s}
-
-
-def counted(backend: Any, counter: ShotCounter) -> Any:
-    """``backend`` (a spec string or a Backend) behind a recorder that feeds ``counter``."""
-    from qhil.drivers import create_backend
-    from .deployment import RecordingBackend
-    return RecordingBackend(create_backend(backend) if isinstance(backend, str) else backend, counter)
-
-
-def residual_reference(protocol: str | Path, n_steps: int, tau: float) -> tuple[Any, dict[str, Any]]:
-    """The reference λ^ref (K,) of residual mode and where it came from
-    (:func:`~qhil.experiments.battery.deployment.reference_protocol`, errors naming ``residual``)."""
-    from .deployment import reference_protocol
-    return reference_protocol(protocol, n_steps, tau, name="residual")
-
-
-def _renamed(exc: Any, name: str) -> Any:
-    from .deployment import renamed
-    return renamed(exc, name)
 
 
 def file_sha256(path: Path) -> str:
@@ -186,11 +167,11 @@ def init_source(init_from: str | Path, init_run: str | None = None) -> tuple[Any
     import torch
 
     from qhil.drivers import ValidationError
-    from .deployment import load_run
+    from .deployment import load_run, renamed
     try:
         src = load_run(Path(init_from), init_run)
     except ValidationError as exc:
-        raise _renamed(exc, "init_from") from None
+        raise renamed(exc, "init_from") from None
     try:
         blob = torch.load(src.checkpoint, weights_only=False)
         agent = blob["agent"]
@@ -431,7 +412,7 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
     init_from / init_run: continue the policy of this run folder's run (:func:`initialise_from`;
                   recorded as ``config["init_from"]`` with the checkpoint's SHA-256); a resume
                   continues from the run's OWN checkpoint and does not read the source
-    residual / residual_scale: residual mode (:func:`residual_reference`,
+    residual / residual_scale: residual mode (:func:`~.deployment.reference_protocol`,
                   :class:`~qhil.envs.residual.ResidualActionEnv`); recorded, resume must keep them
 
     The run store's finish record (``RunStore.runs()[run]["summary"]``) holds steps, episodes,
@@ -452,7 +433,7 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
     from qhil.envs.history import HistoryVectorEnv
     from qhil.envs.robust import RandomisedChargingEnv, heldout_realisations
     from qhil.envs.charging import RewardWeight
-    from .deployment import RecordingBackend
+    from .deployment import RecordingBackend, reference_protocol
     schedule = RewardWeight.from_options(weight) if reward_weight is None else reward_weight
     if not isinstance(schedule, RewardWeight):
         raise ValidationError("reward_weight", f"a {type(schedule).__name__}", "a RewardWeight")
@@ -516,7 +497,7 @@ def train_run(env: str, regime: str, cfg: Any, run_dir: Path, run: str | None = 
     ref = None
     if residual is not None:
         from qhil.envs.residual import check_reference, check_scale
-        ref, ref_info = residual_reference(residual, n_steps, tau)
+        ref, ref_info = reference_protocol(residual, n_steps, tau, name="residual")
         ref = check_reference(ref, n_steps, chan.lower, chan.upper)
         if residual_scale is None:
             raise ValidationError("residual_scale", "missing", "the correction's size s in (0, λ_max − λ_min] (ω_0)")
